@@ -1,0 +1,1 @@
+"""bananaline: dependable image generation with Google's Nano Banana models."""

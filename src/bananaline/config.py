@@ -1,0 +1,129 @@
+"""One configuration object, read lazily: flags > environment (``BANANALINE_*``) > config file > defaults.
+
+The config file is TOML, found at ``$BANANALINE_CONFIG`` or ``./bananaline.toml``::
+
+    base_url = "https://api.apiyi.com"
+    protocol = "gemini"
+    model = "gemini-3-pro-image-preview"
+    max_attempts = 3
+    store_url = "s3://my-bucket/images?region=us-east-1"
+
+Nothing is read at import time: call :func:`get_settings` (cached) or build ``Settings(...)``.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from .catalog import DEFAULT_MODEL
+from .types import WireProtocol
+
+DEFAULT_BASE_URL = "https://api.apiyi.com"
+GOOGLE_HOST = "generativelanguage.googleapis.com"
+
+
+def _config_file() -> Path | None:
+    explicit = os.environ.get("BANANALINE_CONFIG")
+    if explicit:
+        return Path(explicit)
+    local = Path("bananaline.toml")
+    return local if local.exists() else None
+
+
+class Settings(BaseSettings):
+    """Everything bananaline can be told. Secrets are ``SecretStr`` end to end."""
+
+    model_config = SettingsConfigDict(env_prefix="BANANALINE_", extra="ignore", validate_default=True)
+
+    # upstream
+    base_url: str = DEFAULT_BASE_URL
+    api_key: SecretStr | None = None
+    protocol: WireProtocol = WireProtocol.GEMINI
+    model: str = DEFAULT_MODEL
+
+    # retries and time
+    max_attempts: int = Field(3, ge=1, le=20)
+    backoff_initial_s: float = Field(2.0, ge=0)
+    backoff_max_s: float = Field(60.0, ge=0)
+    timeout_s: float | None = Field(None, gt=0, description="overrides the per-size timeouts")
+    timeout_by_size_s: dict[str, float] = Field(
+        default_factory=lambda: {"512": 360.0, "1K": 360.0, "2K": 600.0, "4K": 1200.0}
+    )
+    deadline_s: float | None = Field(None, gt=0, description="total time budget over all attempts")
+    connect_timeout_s: float = 15.0
+
+    # references
+    allow_private_refs: bool = False
+    reference_max_download_bytes: int = 30 * 1024 * 1024
+    reference_long_edge_px: int = 3072
+    inline_request_limit_bytes: int = 20 * 1024 * 1024
+    max_image_pixels: int = 8192 * 8192
+
+    # output
+    strict_checks: bool = False
+    out_dir: Path = Path("out")
+
+    # storage
+    store_url: str = "file://./data/images"
+    spool_dir: Path = Path("data/spool")
+    public_base_url: str | None = None
+    presign_expiry_s: int = 7 * 24 * 3600
+    make_compressed: bool = True
+    compressed_long_edge_px: int = 4500
+    compressed_jpeg_quality: int = 95
+    make_thumbnail: bool = True
+    thumbnail_px: int = 512
+
+    # batch / service
+    db_url: str = "sqlite:///bananaline.db"
+    concurrency: int = Field(8, ge=1)
+    secret_key: SecretStr | None = None
+    plugin_wait_s: float = 150.0
+    max_upload_bytes: int = 50 * 1024 * 1024
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = _config_file()
+        if path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    def timeout_for(self, image_size: str | None) -> float:
+        if self.timeout_s is not None:
+            return self.timeout_s
+        return self.timeout_by_size_s.get(image_size or "1K", self.timeout_by_size_s.get("1K", 360.0))
+
+    @property
+    def uses_google_host(self) -> bool:
+        return GOOGLE_HOST in self.base_url
+
+    def with_overrides(self, **overrides: Any) -> Settings:
+        """A copy with the non-``None`` overrides applied (CLI flags)."""
+        clean = {k: v for k, v in overrides.items() if v is not None}
+        if "api_key" in clean and isinstance(clean["api_key"], str):
+            clean["api_key"] = SecretStr(clean["api_key"])
+        return self.model_copy(update=clean)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,227 @@
+"""One error taxonomy, from the first validation to the last write-back.
+
+Every failure is a :class:`GenerationError` carrying a stable snake_case :class:`ErrorKind`.
+The kinds, by where they arise::
+
+    GenerationError
+    ├── before the call (nothing was sent upstream)
+    │   ├── invalid_input        catalog rule broken, empty prompt, bad option
+    │   ├── reference_error      detail: blocked_address | download_failed | too_large
+    │   │                                | not_an_image | not_found
+    │   └── no_api_key           no key for this caller
+    ├── transport
+    │   ├── auth                 401 / 403
+    │   ├── quota                402
+    │   ├── rate_limited         429                       (retryable, honours Retry-After)
+    │   ├── bad_request          400 / 404 / 413 / 422
+    │   ├── upstream_error       5xx                       (retryable)
+    │   ├── timeout              connect/read/deadline     (retryable only when nothing was sent)
+    │   ├── network              reset, refused, DNS       (retryable)
+    │   └── malformed_response   not JSON, truncated, unexpected shape
+    ├── content (HTTP 200, checked in this order)
+    │   ├── prompt_blocked       promptFeedback.blockReason
+    │   ├── zero_candidates_token usageMetadata.candidatesTokenCount == 0
+    │   ├── no_candidates        (retryable)
+    │   ├── finish_reason        detail = the finishReason; retryable for OTHER, IMAGE_OTHER, NO_IMAGE
+    │   ├── no_parts             (retryable)
+    │   ├── inline_data_empty    (retryable)
+    │   ├── text_response        only text came back; label = watermark | face_swap | nsfw
+    │   │                                | knowledge_cutoff | general
+    │   └── invalid_image        bytes that do not decode as an image
+    ├── after the call
+    │   ├── output_check         a warning made fatal by ``strict_checks``
+    │   └── storage              the image could not be stored anywhere
+    └── budget_exceeded          a caller's budget would be overspent
+
+Messages come in English and Chinese. No error ever carries an API key: :func:`redact`
+scrubs every message and detail on construction.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Any
+
+
+class ErrorKind(StrEnum):
+    INVALID_INPUT = "invalid_input"
+    REFERENCE_ERROR = "reference_error"
+    NO_API_KEY = "no_api_key"
+    AUTH = "auth"
+    QUOTA = "quota"
+    RATE_LIMITED = "rate_limited"
+    BAD_REQUEST = "bad_request"
+    UPSTREAM_ERROR = "upstream_error"
+    TIMEOUT = "timeout"
+    NETWORK = "network"
+    MALFORMED_RESPONSE = "malformed_response"
+    PROMPT_BLOCKED = "prompt_blocked"
+    ZERO_CANDIDATES_TOKEN = "zero_candidates_token"
+    NO_CANDIDATES = "no_candidates"
+    FINISH_REASON = "finish_reason"
+    NO_PARTS = "no_parts"
+    INLINE_DATA_EMPTY = "inline_data_empty"
+    TEXT_RESPONSE = "text_response"
+    INVALID_IMAGE = "invalid_image"
+    OUTPUT_CHECK = "output_check"
+    STORAGE = "storage"
+    BUDGET_EXCEEDED = "budget_exceeded"
+
+
+#: Kinds that are worth another attempt regardless of detail.
+RETRYABLE_KINDS = frozenset(
+    {
+        ErrorKind.RATE_LIMITED,
+        ErrorKind.UPSTREAM_ERROR,
+        ErrorKind.NETWORK,
+        ErrorKind.TIMEOUT,
+        ErrorKind.NO_CANDIDATES,
+        ErrorKind.NO_PARTS,
+        ErrorKind.INLINE_DATA_EMPTY,
+    }
+)
+
+#: finishReason values that are transient hiccups rather than refusals.
+RETRYABLE_FINISH_REASONS = frozenset({"OTHER", "IMAGE_OTHER", "NO_IMAGE"})
+
+_MESSAGES: dict[ErrorKind, tuple[str, str]] = {
+    ErrorKind.INVALID_INPUT: ("The request is invalid", "请求参数无效"),
+    ErrorKind.REFERENCE_ERROR: ("A reference image could not be used", "参考图无法使用"),
+    ErrorKind.NO_API_KEY: ("No API key is configured for this caller", "该调用方未配置 API 密钥"),
+    ErrorKind.AUTH: ("The upstream rejected the API key", "上游拒绝了 API 密钥"),
+    ErrorKind.QUOTA: ("The upstream account has no quota or balance left", "上游账户额度或余额不足"),
+    ErrorKind.RATE_LIMITED: ("The upstream is rate limiting requests", "上游限流，请求过于频繁"),
+    ErrorKind.BAD_REQUEST: ("The upstream refused the request as malformed", "上游认为请求格式有误"),
+    ErrorKind.UPSTREAM_ERROR: ("The upstream failed with a server error", "上游服务器错误"),
+    ErrorKind.TIMEOUT: ("The request timed out", "请求超时"),
+    ErrorKind.NETWORK: ("A network error interrupted the request", "网络错误导致请求中断"),
+    ErrorKind.MALFORMED_RESPONSE: ("The upstream answer could not be read", "上游返回内容无法解析"),
+    ErrorKind.PROMPT_BLOCKED: ("The prompt was blocked by the safety filter", "提示词被安全策略拦截"),
+    ErrorKind.ZERO_CANDIDATES_TOKEN: (
+        "The model produced nothing (zero output tokens), usually a silent refusal",
+        "模型未生成任何内容（输出 token 为 0），通常是静默拒绝",
+    ),
+    ErrorKind.NO_CANDIDATES: ("The model returned no candidates", "模型未返回候选结果"),
+    ErrorKind.FINISH_REASON: ("The model stopped before producing an image", "模型在生成图片前终止"),
+    ErrorKind.NO_PARTS: ("The model returned an empty answer", "模型返回了空内容"),
+    ErrorKind.INLINE_DATA_EMPTY: ("The model returned an empty image", "模型返回的图片数据为空"),
+    ErrorKind.TEXT_RESPONSE: ("The model answered with text instead of an image", "模型只返回了文字，没有图片"),
+    ErrorKind.INVALID_IMAGE: ("The returned bytes are not a valid image", "返回的数据不是有效图片"),
+    ErrorKind.OUTPUT_CHECK: ("The image failed an output check", "图片未通过输出检查"),
+    ErrorKind.STORAGE: ("The image could not be stored", "图片无法保存"),
+    ErrorKind.BUDGET_EXCEEDED: ("The caller's budget is exhausted", "调用方预算已用尽"),
+}
+
+_LABEL_MESSAGES: dict[str, tuple[str, str]] = {
+    "watermark": ("refused: removing watermarks is not allowed", "拒绝：不允许去除水印"),
+    "face_swap": ("refused: face swapping of real people is not allowed", "拒绝：不允许替换真人面部"),
+    "nsfw": ("refused: sexual or explicit content", "拒绝：涉及色情或露骨内容"),
+    "knowledge_cutoff": ("refused: the model does not know this subject", "拒绝：超出模型知识范围"),
+    "general": ("the model declined and explained in text", "模型以文字说明拒绝生成"),
+}
+
+_SECRET_PATTERNS = [
+    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._\-]{8,}"),
+    re.compile(r"(?i)((?:api[_-]?key|key|token|apikey|x-goog-api-key)[\"']?\s*[=:]\s*[\"']?)[A-Za-z0-9._\-]{8,}"),
+    re.compile(r"\bsk-[A-Za-z0-9_\-]{8,}"),
+    re.compile(r"\bAIza[0-9A-Za-z_\-]{20,}"),
+    re.compile(r"\bbl_[A-Za-z0-9_\-]{16,}"),
+]
+
+_known_secrets: set[str] = set()
+
+
+def register_secret(value: str | None) -> None:
+    """Remember a secret so that :func:`redact` removes it wherever it appears verbatim."""
+    if value and len(value) >= 6:
+        _known_secrets.add(value)
+
+
+def redact(text: str) -> str:
+    """Remove anything that looks like or is known to be a credential."""
+    for secret in sorted(_known_secrets, key=len, reverse=True):
+        if secret in text:
+            text = text.replace(secret, "***")
+    for pattern in _SECRET_PATTERNS:
+        if pattern.groups:
+            text = pattern.sub(lambda m: m.group(1) + "***", text)
+        else:
+            text = pattern.sub("***", text)
+    return text
+
+
+class GenerationError(Exception):
+    """A classified failure. ``kind`` is stable; ``detail`` is the upstream's own word for it."""
+
+    def __init__(
+        self,
+        kind: ErrorKind | str,
+        *,
+        detail: str | None = None,
+        label: str | None = None,
+        message: str | None = None,
+        message_zh: str | None = None,
+        retryable: bool | None = None,
+        http_status: int | None = None,
+        retry_after_s: float | None = None,
+        request_sent: bool = True,
+    ) -> None:
+        self.kind = ErrorKind(kind)
+        self.detail = redact(detail) if detail else detail
+        self.label = label
+        base_en, base_zh = _MESSAGES[self.kind]
+        if label and label in _LABEL_MESSAGES:
+            label_en, label_zh = _LABEL_MESSAGES[label]
+            base_en, base_zh = f"{base_en} ({label_en})", f"{base_zh}（{label_zh}）"
+        if message is None:
+            message = base_en + (f": {detail}" if detail else "")
+        if message_zh is None:
+            message_zh = base_zh + (f"：{detail}" if detail else "")
+        self.message = redact(message)
+        self.message_zh = redact(message_zh)
+        self.http_status = http_status
+        self.retry_after_s = retry_after_s
+        self.request_sent = request_sent
+        if retryable is None:
+            retryable = default_retryable(self.kind, self.detail)
+            if self.kind is ErrorKind.TIMEOUT:
+                # A read timeout after the request went out may still be billed: not retried.
+                retryable = not request_sent
+        self.retryable = retryable
+        super().__init__(self.message)
+
+    def __repr__(self) -> str:
+        return f"GenerationError(kind={self.kind.value!r}, detail={self.detail!r}, retryable={self.retryable})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind.value,
+            "detail": self.detail,
+            "label": self.label,
+            "retryable": self.retryable,
+            "message": self.message,
+            "message_zh": self.message_zh,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GenerationError:
+        return cls(
+            data["kind"],
+            detail=data.get("detail"),
+            label=data.get("label"),
+            message=data.get("message"),
+            message_zh=data.get("message_zh"),
+            retryable=data.get("retryable"),
+        )
+
+
+def default_retryable(kind: ErrorKind, detail: str | None) -> bool:
+    if kind is ErrorKind.FINISH_REASON:
+        return (detail or "").upper() in RETRYABLE_FINISH_REASONS
+    return kind in RETRYABLE_KINDS
+
+
+def is_invalid_input(error: GenerationError) -> bool:
+    """Errors raised before anything was sent upstream (CLI exit code 2)."""
+    return error.kind in {ErrorKind.INVALID_INPUT, ErrorKind.REFERENCE_ERROR, ErrorKind.NO_API_KEY}
