@@ -1,0 +1,41 @@
+"""Test isolation: every data directory points at a temp dir, no user config leaks in,
+and one upstream simulator serves the whole session over loopback."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+for _name in list(os.environ):
+    if _name.startswith("BANANALINE_"):
+        del os.environ[_name]
+os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Run each test in its own directory so out/, data/ and bananaline.db never collide."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("BANANALINE_CONFIG", str(tmp_path / "no-such-bananaline.toml"))
+    yield tmp_path
+
+
+@pytest.fixture(scope="session")
+def simulator():
+    """The project's own fake upstream, started once per session on a free loopback port."""
+    from bananaline.simulator import SimulatorServer
+
+    with SimulatorServer() as server:
+        yield server
+
+
+@pytest.fixture
+def sim(simulator):
+    """The session simulator, reset to a clean state (no faults, no latency, zero stats)."""
+    simulator.reset()
+    simulator.set_latency(0.0)
+    yield simulator
+    simulator.reset()

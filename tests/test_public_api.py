@@ -1,0 +1,8 @@
+import bananaline
+
+
+def test_all_is_exactly_the_public_api():
+    assert sorted(dir(bananaline)) == sorted(bananaline.__all__)
+    for name in bananaline.__all__:
+        assert getattr(bananaline, name) is not None
+    assert bananaline.ImageClient.__module__ == "bananaline.client"
