@@ -234,6 +234,7 @@ def validate(
             ErrorKind.INVALID_INPUT,
             detail="aspect_ratio",
             message=f"aspect ratio {ratio!r} is not offered by {model}; valid: {', '.join(spec.ratios)}",
+            request_sent=False,
             message_zh=f"{model} 不支持宽高比 {ratio!r}；可选：{'、'.join(spec.ratios)}",
         )
     if size is not None and size not in spec.sizes:
@@ -241,6 +242,7 @@ def validate(
             ErrorKind.INVALID_INPUT,
             detail="image_size",
             message=f"image size {size!r} is not offered by {model}; valid: {', '.join(spec.sizes)}",
+            request_sent=False,
             message_zh=f"{model} 不支持分辨率 {size!r}；可选：{'、'.join(spec.sizes)}",
         )
     if reference_count > spec.max_references:
@@ -248,6 +250,7 @@ def validate(
             ErrorKind.INVALID_INPUT,
             detail="too_many_references",
             message=f"{model} accepts at most {spec.max_references} reference images, got {reference_count}",
+            request_sent=False,
             message_zh=f"{model} 最多接受 {spec.max_references} 张参考图，实际 {reference_count} 张",
         )
     return ResolvedParams(model, ratio, size, spec)

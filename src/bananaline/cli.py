@@ -94,7 +94,7 @@ def generate(
     _print_result(result, as_json)
     if result.ok:
         raise typer.Exit(EXIT_OK)
-    if result.error is not None and is_invalid_input(result.error) and not result.error.request_sent:
+    if result.error is not None and is_invalid_input(result.error):
         raise typer.Exit(EXIT_INVALID)
     raise typer.Exit(EXIT_FAILED)
 

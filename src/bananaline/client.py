@@ -92,6 +92,8 @@ class ImageClient:
             await self._generate_into(result, request, api_key, protocol, base_url, started)
         except GenerationError as error:
             result.error = error
+            if result.text is None and error.kind is ErrorKind.TEXT_RESPONSE:
+                result.text = error.model_text or error.detail
         result.elapsed_s = time.monotonic() - started
         self._emit("done", ok=result.ok, elapsed_s=result.elapsed_s)
         return result

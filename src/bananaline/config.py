@@ -65,6 +65,8 @@ class Settings(BaseSettings):
 
     # references
     allow_private_refs: bool = False
+    #: CIDRs exempt from the SSRF block list (an internal CDN), e.g. ``["10.20.0.0/16"]``.
+    ref_allow_networks: list[str] = Field(default_factory=list)
     reference_max_download_bytes: int = 30 * 1024 * 1024
     reference_long_edge_px: int = 3072
     inline_request_limit_bytes: int = 20 * 1024 * 1024
@@ -84,6 +86,16 @@ class Settings(BaseSettings):
     compressed_jpeg_quality: int = 95
     make_thumbnail: bool = True
     thumbnail_px: int = 512
+    store_upload_attempts: int = Field(4, ge=1, le=20)
+    store_backoff_initial_s: float = Field(0.5, ge=0)
+    store_backoff_max_s: float = Field(8.0, ge=0)
+    store_op_timeout_s: float = Field(120.0, gt=0, description="per object operation")
+    # store credentials (else AWS_* / OSS_* / ALIBABA_CLOUD_* from the environment)
+    s3_access_key_id: SecretStr | None = None
+    s3_secret_access_key: SecretStr | None = None
+    s3_session_token: SecretStr | None = None
+    oss_access_key_id: SecretStr | None = None
+    oss_access_key_secret: SecretStr | None = None
 
     # batch / service
     db_url: str = "sqlite:///bananaline.db"

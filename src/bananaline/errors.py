@@ -166,6 +166,7 @@ class GenerationError(Exception):
         http_status: int | None = None,
         retry_after_s: float | None = None,
         request_sent: bool = True,
+        model_text: str | None = None,
     ) -> None:
         self.kind = ErrorKind(kind)
         self.detail = redact(detail) if detail else detail
@@ -183,6 +184,8 @@ class GenerationError(Exception):
         self.http_status = http_status
         self.retry_after_s = retry_after_s
         self.request_sent = request_sent
+        #: What the model said instead of an image (refusals), kept for the result's ``text``.
+        self.model_text = model_text
         if retryable is None:
             retryable = default_retryable(self.kind, self.detail)
             if self.kind is ErrorKind.TIMEOUT:

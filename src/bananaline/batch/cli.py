@@ -1,0 +1,291 @@
+"""``bananaline batch``: spreadsheet in, spreadsheet of images out. Parse, call the engine, print."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table as RichTable
+
+from ..config import Settings
+from ..types import WireProtocol
+from .columns import ColumnConfig
+from .engine import BatchEngine, BatchInputError, BatchNotFound
+from .keys import KeyRing
+from .progress import ProgressBar, ProgressSnapshot
+from .report import BatchSummary, render_html, summary_lines
+from .sheets import format_of, read_table
+
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_show_locals=False)
+err_console = Console(stderr=True)
+out_console = Console()
+
+EXIT_OK, EXIT_FAILED_ROWS, EXIT_INVALID, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+DbOption = Annotated[str | None, typer.Option("--db", help="SQLAlchemy URL of the job store.")]
+
+
+def _invalid(message: str) -> typer.Exit:
+    err_console.print(f"[red]invalid input:[/red] {message}", markup=True, highlight=False)
+    return typer.Exit(EXIT_INVALID)
+
+
+def _settings(**overrides: Any) -> Settings:
+    try:
+        return Settings().with_overrides(**overrides)
+    except ValidationError as exc:
+        raise _invalid(str(exc)) from exc
+
+
+def _engine(settings: Settings, keyring: KeyRing | None = None) -> BatchEngine:
+    return BatchEngine(settings, keyring=keyring)
+
+
+def _default_out(input_path: Path) -> Path:
+    return input_path.with_name(f"{input_path.stem}.out{input_path.suffix}")
+
+
+def _write_atomically(path: Path, payload: bytes) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_bytes(payload)
+    os.replace(temporary, path)
+
+
+def _columns(config: Path | None, col: list[str] | None, template: str | None) -> ColumnConfig:
+    try:
+        columns = ColumnConfig.from_toml(config) if config else ColumnConfig()
+        columns = columns.with_mappings(col or [])
+        if template:
+            columns = columns.model_copy(update={"template": template})
+        return columns
+    except (OSError, ValueError, ValidationError) as exc:
+        raise _invalid(str(exc)) from exc
+
+
+@app.command("run")
+def run_command(
+    input_path: Annotated[Path, typer.Argument(metavar="INPUT", help=".csv, .xlsx or .jsonl")],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Output sheet (default INPUT.out.EXT).")
+    ] = None,
+    store: Annotated[str | None, typer.Option(help="Image store: file://, s3:// or oss:// URL.")] = None,
+    keys: Annotated[Path | None, typer.Option(help="Keys TOML: per-caller API keys and limits.")] = None,
+    concurrency: Annotated[int | None, typer.Option(min=1, help="Global cap on requests in flight.")] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Validate and price every row; call no model.")
+    ] = False,
+    report: Annotated[Path | None, typer.Option(help="Write a self-contained HTML report here.")] = None,
+    db: DbOption = None,
+    config: Annotated[Path | None, typer.Option(help="Batch config TOML: [columns], template.")] = None,
+    col: Annotated[list[str] | None, typer.Option("--col", help="ROLE=COLUMN, e.g. prompt=提示词.")] = None,
+    template: Annotated[
+        str | None, typer.Option(help="Jinja2 prompt template over the row's columns.")
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="Model for rows that do not name one.")] = None,
+    base_url: Annotated[str | None, typer.Option(help="Upstream base URL.")] = None,
+    protocol: Annotated[WireProtocol | None, typer.Option(help="Wire protocol of the upstream.")] = None,
+    progress: Annotated[
+        bool | None, typer.Option(help="Show a progress bar (default: on a terminal).")
+    ] = None,
+) -> None:
+    """Run a sheet; running the same command again resumes it. Exit 0 all done, 1 some rows failed,
+    2 invalid input, 130 interrupted."""
+    settings = _settings(
+        db_url=db, store_url=store, base_url=base_url, protocol=protocol, model=model, concurrency=concurrency
+    )
+    try:
+        table = read_table(input_path)
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise _invalid(f"cannot read {input_path}: {exc}") from exc
+    columns = _columns(config, col, template)
+    try:
+        keyring = KeyRing.from_toml(keys) if keys else KeyRing.single(settings.api_key)
+    except (OSError, ValueError) as exc:
+        raise _invalid(f"keys file: {exc}") from exc
+    if dry_run:
+        _dry_run(table.rows, columns, settings, keyring, input_path.parent)
+        return
+    out_path = out or _default_out(input_path)
+    try:
+        out_format = format_of(out_path)
+    except ValueError as exc:
+        raise _invalid(str(exc)) from exc
+    engine = _engine(settings, keyring)
+    try:
+        batch_id = engine.create_batch(
+            table.rows,
+            columns=columns,
+            header=table.header,
+            base_dir=input_path.parent.resolve(),
+            name=input_path.name,
+        )
+    except BatchInputError as exc:
+        raise _invalid(str(exc)) from exc
+    err_console.print(
+        f"batch [bold]{batch_id}[/bold] · {len(table.rows)} rows · db {settings.db_url}", highlight=False
+    )
+    show_progress = sys.stderr.isatty() if progress is None else progress
+    summary = asyncio.run(_run_with_signals(engine, batch_id, settings.concurrency, show_progress))
+    _write_atomically(out_path, engine.export(batch_id, out_format))
+    err_console.print(f"wrote {out_path}", highlight=False)
+    if report is not None:
+        status = engine.status(batch_id, with_previews=True)
+        _write_atomically(report, render_html(summary, status.rows).encode("utf-8"))
+        err_console.print(f"report {report}", highlight=False)
+    engine.close()
+    _print_summary(summary)
+    if summary.interrupted:
+        raise typer.Exit(EXIT_INTERRUPTED)
+    failed = summary.rows_by_status.get("failed", 0) + summary.rows_by_status.get("cancelled", 0)
+    raise typer.Exit(EXIT_FAILED_ROWS if failed else EXIT_OK)
+
+
+async def _run_with_signals(
+    engine: BatchEngine, batch_id: str, concurrency: int, show_progress: bool
+) -> BatchSummary:
+    """First Ctrl-C (or SIGTERM): stop claiming, let in-flight rows finish. Second: give them back."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    bar = ProgressBar(err_console) if show_progress else None
+
+    def on_progress(snapshot: ProgressSnapshot) -> None:
+        if bar is not None:
+            bar.update(snapshot)
+
+    run_task = asyncio.create_task(
+        engine.run(batch_id, concurrency=concurrency, on_progress=on_progress, stop=stop)
+    )
+    presses = 0
+
+    def on_signal() -> None:
+        nonlocal presses
+        presses += 1
+        if presses == 1:
+            stop.set()
+            err_console.print("stopping: finishing the rows in flight (press Ctrl-C again to requeue them)")
+        else:
+            run_task.cancel()
+
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, on_signal)
+            installed.append(sig)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass
+    try:
+        if bar is not None:
+            with bar:
+                return await run_task
+        return await run_task
+    except asyncio.CancelledError:
+        if not run_task.cancelled():
+            raise
+        return engine.summary(batch_id, interrupted=True)
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
+def _dry_run(
+    rows: list[dict[str, str]], columns: ColumnConfig, settings: Settings, keyring: KeyRing, base_dir: Path
+) -> None:
+    from .dryrun import dry_run
+
+    report = asyncio.run(
+        dry_run(rows, columns=columns, settings=settings, keyring=keyring, base_dir=base_dir)
+    )
+    table = RichTable(title="estimated cost (no model was called)")
+    for name in ("caller", "images", "USD"):
+        table.add_column(name)
+    for caller, cost in sorted(report.cost_by_caller.items()):
+        table.add_row(caller, str(report.images_by_caller.get(caller, 0)), f"{cost:.3f}")
+    table.add_row(
+        "[bold]total[/bold]",
+        str(sum(report.images_by_caller.values())),
+        f"[bold]{report.total_cost_usd:.3f}[/bold]",
+    )
+    out_console.print(table)
+    for row in report.invalid_rows:
+        out_console.print(
+            f"[red]row {row.row_index + 2}[/red] {row.error_kind}: {row.error}", highlight=False, markup=True
+        )
+    out_console.print(
+        f"{len(report.rows) - len(report.invalid_rows)} rows ok, {len(report.invalid_rows)} invalid"
+    )
+    raise typer.Exit(EXIT_INVALID if report.invalid_rows else EXIT_OK)
+
+
+def _print_summary(summary: BatchSummary) -> None:
+    for line in summary_lines(summary):
+        out_console.print(line, highlight=False, markup=False)
+
+
+@app.command("status")
+def status_command(
+    batch: Annotated[str | None, typer.Argument(help="Batch id; omit to list batches.")] = None,
+    db: DbOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Where a batch stands (or every batch in the store)."""
+    engine = _engine(_settings(db_url=db))
+    if batch is None:
+        batches = engine.list_batches()
+        if as_json:
+            print(json.dumps([info.to_dict() for info in batches], ensure_ascii=False))
+            return
+        table = RichTable()
+        for name in ("batch", "name", "rows", "jobs", "complete"):
+            table.add_column(name)
+        for info in batches:
+            jobs = ", ".join(f"{k} {v}" for k, v in sorted(info.jobs_by_status.items()))
+            table.add_row(
+                info.id, info.name or "", str(info.row_count), jobs, "yes" if info.complete else "no"
+            )
+        out_console.print(table)
+        return
+    try:
+        summary = engine.summary(batch)
+    except BatchNotFound as exc:
+        raise _invalid(f"no batch {batch!r} in {engine.db_url}") from exc
+    if as_json:
+        print(json.dumps(summary.to_dict(), ensure_ascii=False, default=str))
+        return
+    _print_summary(summary)
+
+
+@app.command("retry-failed")
+def retry_failed_command(batch: Annotated[str, typer.Argument()], db: DbOption = None) -> None:
+    """Queue the failed rows again; then run the same sheet (or `batch run`) to retry them."""
+    engine = _engine(_settings(db_url=db))
+    try:
+        count = engine.retry_failed(batch)
+    except BatchNotFound as exc:
+        raise _invalid(f"no batch {batch!r}") from exc
+    out_console.print(f"requeued {count} job(s) of batch {batch}", highlight=False)
+
+
+@app.command("export")
+def export_command(
+    batch: Annotated[str, typer.Argument()],
+    out: Annotated[Path, typer.Option("--out", "-o", help=".csv, .xlsx or .jsonl")],
+    db: DbOption = None,
+) -> None:
+    """Write the batch's input plus results to a sheet, whatever state it is in."""
+    engine = _engine(_settings(db_url=db))
+    try:
+        payload = engine.export(batch, format_of(out))
+    except BatchNotFound as exc:
+        raise _invalid(f"no batch {batch!r}") from exc
+    except ValueError as exc:
+        raise _invalid(str(exc)) from exc
+    _write_atomically(out, payload)
+    out_console.print(f"wrote {out}", highlight=False)

@@ -1,0 +1,151 @@
+"""Output checks: is what came back the image that was ordered?
+
+:func:`inspect_image` turns delivered bytes into a :class:`GeneratedImage` with the *real* MIME type
+(magic numbers) and size, or raises ``invalid_image``. :func:`output_warnings` then compares it with
+the order and returns codes, always in this order:
+
+* ``mime_mismatch``   the declared type differs from the real one (``image/jpg`` counts as ``image/jpeg``)
+* ``aspect_mismatch`` width/height is off the requested ratio by more than 2 %
+* ``size_mismatch``   the ratio is right but an edge is off the catalog's pixel size by more than 3 %
+                      (a 4K order delivered at 1K)
+* ``blank_image``     one flat colour (all black, all white, fully transparent)
+
+:func:`check_output` makes any warning fatal (``output_check``) when the caller asked for strictness.
+"""
+
+from __future__ import annotations
+
+import io
+
+from PIL import Image
+
+from .errors import ErrorKind, GenerationError
+from .imaging import ImageTooLarge, UndecodableImage, decode, open_lazily, pillow_mime, sniff_mime, verify
+from .types import GeneratedImage
+
+ASPECT_TOLERANCE = 0.02
+SIZE_TOLERANCE = 0.03
+#: Per-band spread (0-255) still counted as one colour: encoder noise on a flat image.
+BLANK_TOLERANCE = 6
+BLANK_PROBE_PX = 256
+
+_MIME_ALIASES = {"image/jpg": "image/jpeg", "image/pjpeg": "image/jpeg", "image/x-png": "image/png"}
+
+
+def normalize_mime(mime: str | None) -> str | None:
+    if not mime:
+        return None
+    base = mime.split(";", 1)[0].strip().lower()
+    return _MIME_ALIASES.get(base, base)
+
+
+def _invalid(detail: str, reason: str) -> GenerationError:
+    return GenerationError(
+        ErrorKind.INVALID_IMAGE,
+        detail=detail,
+        message=f"The returned bytes are not a valid image: {reason}",
+        message_zh=f"返回的数据不是有效图片：{reason}",
+    )
+
+
+def inspect_image(data: bytes, declared_mime: str | None, *, max_pixels: int) -> GeneratedImage:
+    """Real MIME type and size of delivered bytes, after proving they decode.
+
+    Size comes from the header; anything over ``max_pixels`` is refused before decoding
+    (detail ``too_large``). Bytes that are no image, or a truncated/corrupt one, raise
+    ``invalid_image`` with detail ``empty``, ``unknown_format`` or ``undecodable``.
+    """
+    if not data:
+        raise _invalid("empty", "no bytes")
+    mime = sniff_mime(data)
+    try:
+        verify(data, max_pixels=max_pixels)
+        with open_lazily(data, max_pixels=max_pixels) as image:
+            mime = mime or pillow_mime(image)
+            width, height = image.size
+            if image.format == "JPEG":  # DCT scaling still reads every entropy-coded byte
+                image.draft(image.mode, (max(1, width // 8), max(1, height // 8)))
+            decode(image)
+    except ImageTooLarge as exc:
+        raise _invalid("too_large", str(exc)) from exc
+    except UndecodableImage as exc:
+        raise _invalid("undecodable" if mime else "unknown_format", str(exc)) from exc
+    if mime is None:
+        raise _invalid("unknown_format", "the bytes are no known image format")
+    return GeneratedImage.from_bytes(data, mime, width, height, declared_mime=declared_mime)
+
+
+def _ratio(text: str) -> float | None:
+    try:
+        left, right = text.replace("：", ":").split(":")
+        value = float(left) / float(right)
+    except (ValueError, ZeroDivisionError):
+        return None
+    return value if value > 0 else None
+
+
+def _off(actual: float, wanted: float) -> float:
+    return abs(actual / wanted - 1.0)
+
+
+def is_blank(data: bytes, *, tolerance: int = BLANK_TOLERANCE) -> bool:
+    """One flat colour? Judged on a copy reduced to at most 256 px: JPEGs are decoded at 1/8 scale
+    (``draft``), others shrink by ``reduce`` inside ``thumbnail``, so a 4K image never costs more than
+    one decoded copy plus a small one."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.draft("RGB", (BLANK_PROBE_PX, BLANK_PROBE_PX))
+            image.thumbnail((BLANK_PROBE_PX, BLANK_PROBE_PX), Image.Resampling.BOX, reducing_gap=1.0)
+            small: Image.Image = image
+            if small.mode not in ("L", "LA", "RGB", "RGBA"):
+                alpha = "A" in small.getbands() or "transparency" in small.info
+                small = small.convert("RGBA" if alpha else "RGB")
+            extrema = small.getextrema()
+    except Exception:  # undecodable here means inspect_image was skipped; not this check's call
+        return False
+    bands = extrema if isinstance(extrema[0], tuple) else (extrema,)
+    if small.mode in ("LA", "RGBA") and bands[-1][1] == 0:
+        return True  # fully transparent, whatever the colour channels hold
+    return all(high - low <= tolerance for low, high in bands)  # type: ignore[operator]
+
+
+def output_warnings(
+    image: GeneratedImage, *, aspect_ratio: str | None, expected_pixels: tuple[int, int] | None
+) -> list[str]:
+    """Warning codes for ``image`` against the order, in the documented order."""
+    codes: list[str] = []
+    declared = normalize_mime(image.declared_mime)
+    if declared is not None and declared != normalize_mime(image.mime):
+        codes.append("mime_mismatch")
+    aspect_ok = True
+    if image.width > 0 and image.height > 0:
+        actual = image.width / image.height
+        wanted = [ratio for ratio in [_ratio(aspect_ratio)] if ratio] if aspect_ratio else []
+        if wanted and expected_pixels and expected_pixels[1] > 0:
+            # The catalog's own pixel size can sit a hair further off the nominal ratio (2.5 Flash 21:9).
+            wanted.append(expected_pixels[0] / expected_pixels[1])
+        if wanted and all(_off(actual, ratio) > ASPECT_TOLERANCE for ratio in wanted):
+            codes.append("aspect_mismatch")
+            aspect_ok = False
+        if aspect_ok and expected_pixels and min(expected_pixels) > 0:
+            want_w, want_h = expected_pixels
+            if _off(image.width, want_w) > SIZE_TOLERANCE or _off(image.height, want_h) > SIZE_TOLERANCE:
+                codes.append("size_mismatch")
+    if is_blank(image.data):
+        codes.append("blank_image")
+    return codes
+
+
+def check_output(
+    image: GeneratedImage,
+    *,
+    aspect_ratio: str | None,
+    expected_pixels: tuple[int, int] | None,
+    strict: bool,
+) -> list[str]:
+    """:func:`output_warnings`, but in ``strict`` mode any warning raises ``output_check``
+    with the codes, comma-joined, as detail."""
+    codes = output_warnings(image, aspect_ratio=aspect_ratio, expected_pixels=expected_pixels)
+    if strict and codes:
+        raise GenerationError(ErrorKind.OUTPUT_CHECK, detail=",".join(codes), request_sent=True)
+    return codes

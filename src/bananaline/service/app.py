@@ -1,0 +1,136 @@
+"""The ASGI app: wiring only. Routers own their paths; the lifespan owns clients, DB and store.
+
+    uvicorn --factory bananaline.service.app:app_from_environment
+
+``create_app(settings)`` is what tests and ``bananaline serve`` use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from ..client import ImageClient
+from ..config import Settings
+from ..db import make_engine, upgrade
+from ..logs import get_logger
+from ..storage import ImageStore
+from .auth import KeyCipher
+from .callers import CallerRepository
+from .deps import AppState
+from .generation import GenerationService
+from .http_errors import install as install_error_handlers
+from .limits import CallerLimiter
+from .metrics import ServiceMetrics
+from .middleware import RequestContextMiddleware
+from .openapi import install_openapi
+from .routers import files, gateway_gemini, gateway_openai, ops, plugin
+from .tasks import TaskRegistry
+from .usage import UsageRepository
+
+log = get_logger("bananaline.service")
+
+DESCRIPTION = """bananaline 图片生成服务：工作流插件节点（Coze / Dify / n8n / 飞书）、兼容 Gemini 与 OpenAI SDK 的网关、批量任务接口。
+The bananaline image service: a workflow plugin node, a Gemini/OpenAI-compatible gateway and a jobs API."""
+
+
+def create_app(settings: Settings) -> FastAPI:
+    metrics = ServiceMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state = await asyncio.to_thread(_build_state, settings, metrics)
+        app.state.bananaline = state
+        metrics.track_in_flight("task", lambda: state.tasks.in_flight)
+        metrics.track_in_flight("batch", lambda: len(state.batch_runs or {}))
+        log.info("service_started", db=_safe_db(settings.db_url), store=repr(state.store))
+        try:
+            yield
+        finally:
+            await state.tasks.shutdown()
+            for run in list((state.batch_runs or {}).values()):
+                run.cancel()
+            await state.client.aclose()
+            state.engine.dispose()
+            log.info("service_stopped")
+
+    app = FastAPI(
+        title="bananaline",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    install_error_handlers(app)
+    for module in (plugin, gateway_gemini, gateway_openai, files, ops):
+        app.include_router(module.router)
+    _include_jobs(app)
+    install_openapi(app, settings)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_upload_bytes)
+    return app
+
+
+def _include_jobs(app: FastAPI) -> None:
+    try:
+        from .routers import jobs
+    except ImportError:  # pragma: no cover - the batch engine is optional while it is built
+        return
+    app.include_router(jobs.router)
+
+
+def _build_state(settings: Settings, metrics: ServiceMetrics) -> AppState:
+    upgrade(settings.db_url)
+    engine = make_engine(settings.db_url)
+    cipher = KeyCipher(settings.secret_key)
+    store = ImageStore.from_url(settings.store_url, settings=settings) if settings.store_url else None
+    if store is not None and store.local_root is not None:
+        store.local_root.mkdir(parents=True, exist_ok=True)
+    client = ImageClient(settings)
+    usage = UsageRepository(engine)
+    limiter = CallerLimiter()
+    state = AppState(
+        settings=settings,
+        engine=engine,
+        cipher=cipher,
+        callers=CallerRepository(engine, cipher),
+        usage=usage,
+        limiter=limiter,
+        metrics=metrics,
+        tasks=TaskRegistry(engine, instance_id=secrets.token_hex(8)),
+        client=client,
+        store=store,
+        generation=GenerationService(settings, client, store, usage, limiter, metrics),
+        batch_runs={},
+    )
+    state.batches = _batch_engine(state)
+    return state
+
+
+def _batch_engine(state: AppState):  # type: ignore[no-untyped-def]
+    try:
+        from .jobs_engine import build_batch_engine
+    except ImportError:  # pragma: no cover
+        return None
+    return build_batch_engine(state)
+
+
+def _safe_db(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001
+        return "<db>"
+
+
+def app_from_environment() -> FastAPI:
+    """For ``uvicorn --factory`` and ``bananaline serve --workers N``: settings from the environment."""
+    from ..logs import configure_logging
+
+    configure_logging(json_output=True)
+    return create_app(Settings())

@@ -1,0 +1,111 @@
+"""``kill -9`` mid-run, then the same command again: every row done exactly once.
+
+The run is a real ``bananaline batch run`` subprocess against the simulator in this process
+(latency 0.3 s). After SIGKILL, the jobs the database shows ``running`` are the ones that may be
+generated twice; every other prompt must reach the upstream exactly once.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select, text
+
+from bananaline.batch.models import ImageRecord, JobRecord
+from bananaline.db.base import make_engine
+from bananaline.simulator import prompt_id
+
+PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+ROWS = 40
+
+
+def _run_cli(tmp_path: Path, sim, db_url: str, store_url: str) -> subprocess.Popen:
+    env = {**os.environ, "BANANALINE_API_KEY": "kill-test-key-0001", "BANANALINE_BACKOFF_INITIAL_S": "0.01",
+           "BANANALINE_CONFIG": str(tmp_path / "none.toml"), "BANANALINE_SPOOL_DIR": str(tmp_path / "spool")}
+    command = [sys.executable, "-c", "from bananaline.cli import app; app()", "batch", "run", "in.csv",
+               "--db", db_url, "--store", store_url, "--base-url", sim.base_url, "--concurrency", "8",
+               "--no-progress"]
+    return subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _counts(db_url: str) -> dict[str, int]:
+    engine = make_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            return dict(conn.execute(select(JobRecord.status, func.count()).group_by(JobRecord.status)).all())
+    except Exception:  # noqa: BLE001 - the tables may not exist yet
+        return {}
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request, tmp_path):
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'jobs.db'}"
+        return
+    try:
+        admin = make_engine(PG_URL, connect_args={"connect_timeout": 3})
+        with admin.connect() as conn:
+            conn.execute(text("select 1"))
+    except Exception as exc:  # noqa: BLE001
+        pytest.skip(f"PostgreSQL at 127.0.0.1:5432/test is unreachable: {exc.__class__.__name__}")
+    schema = f"bl_kill_{uuid.uuid4().hex[:10]}"
+    with admin.begin() as conn:
+        conn.execute(text(f'create schema "{schema}"'))
+    yield f"{PG_URL}?options=-csearch_path%3D{schema}"
+    with admin.begin() as conn:
+        conn.execute(text(f'drop schema "{schema}" cascade'))
+    admin.dispose()
+
+
+def test_sigkill_mid_run_then_resume_finishes_every_row_exactly_once(fast_sim, tmp_path, db_url):
+    fast_sim.set_latency(0.3)
+    prompts = [f"kill test row {i}: a banana" for i in range(ROWS)]
+    (tmp_path / "in.csv").write_text("prompt,n\n" + "".join(f"{p},1\n" for p in prompts), encoding="utf-8")
+    store_dir = tmp_path / "store"
+    store_url = f"file://{store_dir}"
+
+    started = time.monotonic()
+    first = _run_cli(tmp_path, fast_sim, db_url, store_url)
+    deadline = time.monotonic() + 60
+    while _counts(db_url).get("done", 0) < 10:
+        assert first.poll() is None, first.communicate()
+        assert time.monotonic() < deadline, "the first run made no progress"
+        time.sleep(0.05)
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=10)
+    at_kill = _counts(db_url)
+    assert at_kill.get("done", 0) < ROWS, "killed too late to test anything"
+
+    engine = make_engine(db_url)
+    with engine.connect() as conn:
+        running_rows = set(conn.execute(select(JobRecord.row_index).where(JobRecord.status == "running")).scalars())
+
+    second = _run_cli(tmp_path, fast_sim, db_url, store_url)
+    out, err = second.communicate(timeout=120)
+    elapsed_s = time.monotonic() - started
+    assert second.returncode == 0, err.decode()
+    print(f"\nkill test ({db_url.split(':')[0]}): {at_kill} at kill, {len(running_rows)} in flight, "
+          f"both runs {elapsed_s:.1f}s")
+
+    assert _counts(db_url) == {"done": ROWS}
+    per_prompt = fast_sim.stats()["prompts"]
+    for index, prompt in enumerate(prompts):
+        allowed = 2 if index in running_rows else 1
+        assert 1 <= per_prompt.get(prompt_id(prompt), 0) <= allowed, (index, per_prompt.get(prompt_id(prompt)))
+    with engine.connect() as conn:
+        images = conn.execute(select(ImageRecord.job_id, ImageRecord.sha256)).all()
+    engine.dispose()
+    assert len(images) == ROWS and len({job for job, _ in images}) == ROWS
+    stored = [p for p in store_dir.rglob("*.png")]
+    assert sorted(p.stem for p in stored) == sorted({sha for _, sha in images})
+    output = (tmp_path / "in.out.csv").read_text(encoding="utf-8-sig")
+    assert output.count(",done,") == ROWS

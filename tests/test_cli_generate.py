@@ -1,0 +1,198 @@
+"""``bananaline generate`` end to end against the simulator: real images, real dimensions, exit codes."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from bananaline.cli import app
+
+runner = CliRunner()
+KEY = "cli-test-key-123456"
+
+
+def _env(sim, **extra):
+    env = {"BANANALINE_BASE_URL": sim.base_url, "BANANALINE_API_KEY": KEY, "BANANALINE_BACKOFF_INITIAL_S": "0.01"}
+    env.update(extra)
+    return env
+
+
+def _invoke(sim, *args, **env):
+    result = runner.invoke(app, ["generate", *args, "--json"], env=_env(sim, **env))
+    payload = json.loads(result.stdout.strip().splitlines()[-1])
+    return result.exit_code, payload
+
+
+def _reference_files(tmp_path: Path, count: int) -> list[str]:
+    paths = []
+    for index in range(count):
+        path = tmp_path / f"ref{index}.png"
+        Image.new("RGB", (320 + index, 240), (index * 15 % 255, 90, 200)).save(path)
+        paths.append(str(path))
+    return paths
+
+
+@pytest.mark.parametrize("protocol", ["gemini", "openai"])
+@pytest.mark.parametrize(
+    "model, ratio, size, expected",
+    [
+        ("gemini-3-pro-image-preview", "16:9", "1K", (1376, 768)),
+        ("gemini-3-pro-image-preview", "9:16", "2k", (1536, 2752)),
+        ("gemini-2.5-flash-image", "21:9", None, (1536, 672)),
+        ("gemini-3.1-flash-image-preview", "1:1", "512", (512, 512)),
+    ],
+)
+def test_text_to_image_dimensions(sim, tmp_path, protocol, model, ratio, size, expected):
+    args = ["a red bicycle", "--model", model, "--aspect-ratio", ratio, "--protocol", protocol, "--out", "imgs"]
+    if size:
+        args += ["--size", size]
+    code, payload = _invoke(sim, *args)
+    assert code == 0, payload
+    assert payload["ok"] is True and payload["error"] is None
+    image = payload["images"][0]
+    assert (image["width"], image["height"]) == expected
+    saved = Path(image["path"])
+    assert saved.exists() and saved.suffix == ".png"
+    with Image.open(saved) as decoded:
+        decoded.load()
+        assert decoded.size == expected
+    assert payload["attempts"] == 1 and payload["elapsed_s"] >= 0
+    assert set(payload) >= {"ok", "images", "text", "warnings", "attempts", "elapsed_s", "usage", "error"}
+
+
+@pytest.mark.parametrize("protocol", ["gemini", "openai"])
+@pytest.mark.parametrize("count", [1, 3, 14])
+def test_image_to_image_with_references(sim, tmp_path, protocol, count):
+    refs = _reference_files(tmp_path, count)
+    args = ["blend these", "--protocol", protocol, "--aspect-ratio", "4:3", "--size", "1K"]
+    for ref in refs:
+        args += ["--ref", ref]
+    code, payload = _invoke(sim, *args)
+    assert code == 0, payload
+    assert (payload["images"][0]["width"], payload["images"][0]["height"]) == (1200, 896)
+    assert sim.stats()["requests_total"] == 1
+
+
+def test_mime_comes_from_bytes_not_file_name(sim, tmp_path):
+    fake_png = tmp_path / "actually.png"
+    Image.new("RGB", (64, 64), "green").save(fake_png, format="JPEG")
+    data_uri = "data:image/png;base64," + base64.b64encode(fake_png.read_bytes()).decode()
+    code, payload = _invoke(sim, "edit", "--ref", str(fake_png), "--ref", data_uri)
+    assert code == 0, payload
+
+
+def test_openai_url_style_image_is_downloaded(sim):
+    code, payload = _invoke(sim, "a pear [sim style=url]", "--protocol", "openai", "--aspect-ratio", "1:1")
+    assert code == 0, payload
+    assert payload["images"][0]["width"] == 1024
+
+
+def test_invalid_input_exits_2_and_sends_nothing(sim):
+    code, payload = _invoke(sim, "x", "--model", "gemini-2.5-flash-image", "--size", "4K")
+    assert code == 2
+    assert payload["ok"] is False and payload["error"]["kind"] == "invalid_input"
+    assert "1K" in payload["error"]["message"]
+    code, payload = _invoke(sim, "   ")
+    assert code == 2 and payload["error"]["kind"] == "invalid_input"
+    assert sim.stats()["requests_total"] == 0
+
+
+def test_generation_failure_exits_1_with_bilingual_error(sim):
+    code, payload = _invoke(sim, "x [sim fault=finish_IMAGE_SAFETY]")
+    assert code == 1
+    error = payload["error"]
+    assert error["kind"] == "finish_reason" and error["detail"] == "IMAGE_SAFETY"
+    assert error["retryable"] is False and error["message_zh"]
+    assert KEY not in json.dumps(payload)
+
+
+class _RedirectHandler(BaseHTTPRequestHandler):
+    target = ""
+    hits: list[str] = []
+
+    def do_GET(self):  # noqa: N802 - http.server API
+        type(self).hits.append(self.path)
+        self.send_response(302)
+        self.send_header("Location", type(self).target)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def redirector():
+    server = ThreadingHTTPServer(("127.0.0.2", 0), _RedirectHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    _RedirectHandler.hits = []
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:9/cat.png",
+        "http://10.1.2.3/cat.png",
+        "http://169.254.169.254/latest/meta-data/",
+        "file:///etc/passwd",
+        "http://[::1]/x.png",
+    ],
+)
+def test_ssrf_reference_urls_are_refused_before_any_upstream_call(sim, url):
+    code, payload = _invoke(sim, "edit", "--ref", url)
+    assert code == 2, payload
+    assert payload["error"]["kind"] == "reference_error"
+    assert payload["error"]["detail"] == "blocked_address"
+    assert sim.stats()["requests_total"] == 0
+
+
+@pytest.mark.parametrize("target", ["http://127.0.0.1:{port}/secret.png", "http://169.254.169.254/latest/"])
+def test_public_looking_url_redirecting_inward_is_refused(sim, redirector, target):
+    _RedirectHandler.target = target.format(port=sim.base_url.rsplit(":", 1)[1])
+    port = redirector.server_address[1]
+    code, payload = _invoke(
+        sim, "edit", "--ref", f"http://127.0.0.2:{port}/cdn/cat.png", BANANALINE_REF_ALLOW_NETWORKS='["127.0.0.2/32"]'
+    )
+    assert code == 2, payload
+    assert payload["error"]["detail"] == "blocked_address"
+    assert _RedirectHandler.hits == ["/cdn/cat.png"]
+    assert sim.stats()["requests_total"] == 0
+
+
+def test_png_carries_provenance(sim):
+    code, payload = _invoke(sim, "一只香蕉 on a desk", "--aspect-ratio", "1:1")
+    assert code == 0
+    with Image.open(payload["images"][0]["path"]) as image:
+        text = image.text
+    assert any("一只香蕉" in value for value in text.values())
+
+
+def test_real_process_generate(sim, tmp_path):
+    env = {**os.environ, **_env(sim)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "bananaline", "generate", "a plum", "-a", "3:2", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    payload = json.loads(proc.stdout)
+    assert (payload["images"][0]["width"], payload["images"][0]["height"]) == (1264, 848)
+    assert KEY not in proc.stdout + proc.stderr
+    with Image.open(io.BytesIO(Path(payload["images"][0]["path"]).read_bytes())) as image:
+        assert image.format == "PNG"

@@ -1,0 +1,216 @@
+"""Every error kind, produced by driving the simulator to it over real HTTP through the client."""
+
+from __future__ import annotations
+
+import pytest
+
+from bananaline.client import ImageClient
+from bananaline.config import Settings
+from bananaline.errors import ErrorKind
+from bananaline.types import GenerationRequest, WireProtocol
+
+KEY = "test-key-faults-0001"
+
+
+def _settings(sim, **overrides) -> Settings:
+    base = dict(
+        base_url=sim.base_url,
+        api_key=KEY,
+        max_attempts=1,
+        backoff_initial_s=0.01,
+        backoff_max_s=0.05,
+        timeout_s=20.0,
+    )
+    base.update(overrides)
+    return Settings(**base)
+
+
+async def _generate(sim, prompt, protocol=WireProtocol.GEMINI, **overrides):
+    async with ImageClient(_settings(sim, protocol=protocol, **overrides)) as client:
+        return await client.generate(
+            GenerationRequest(prompt=prompt, model="gemini-3-pro-image-preview", aspect_ratio="1:1", image_size="1K")
+        )
+
+
+TRANSPORT_CASES = [
+    ("http_400", ErrorKind.BAD_REQUEST, False),
+    ("http_401", ErrorKind.AUTH, False),
+    ("http_403", ErrorKind.AUTH, False),
+    ("http_402", ErrorKind.QUOTA, False),
+    ("http_404", ErrorKind.BAD_REQUEST, False),
+    ("http_413", ErrorKind.BAD_REQUEST, False),
+    ("http_422", ErrorKind.BAD_REQUEST, False),
+    ("http_429", ErrorKind.RATE_LIMITED, True),
+    ("http_500", ErrorKind.UPSTREAM_ERROR, True),
+    ("http_502", ErrorKind.UPSTREAM_ERROR, True),
+    ("http_503", ErrorKind.UPSTREAM_ERROR, True),
+    ("reset_mid_body", ErrorKind.NETWORK, True),
+    ("truncated_json", ErrorKind.MALFORMED_RESPONSE, False),
+    ("not_json", ErrorKind.MALFORMED_RESPONSE, False),
+]
+
+
+@pytest.mark.parametrize("protocol", list(WireProtocol))
+@pytest.mark.parametrize("fault, kind, retryable", TRANSPORT_CASES)
+async def test_transport_faults(sim, protocol, fault, kind, retryable):
+    result = await _generate(sim, f"a cat [sim fault={fault}]", protocol)
+    assert not result.ok
+    assert result.error.kind is kind, result.error
+    assert result.error.retryable is retryable
+    assert result.attempts == 1
+    assert KEY not in repr(result.error.to_dict())
+    if fault.startswith("http_"):
+        assert result.error.detail.startswith(fault.removeprefix("http_"))
+
+
+async def test_read_timeout_is_not_retried_because_it_may_be_billed(sim):
+    result = await _generate(sim, "a cat [sim fault=hang]", timeout_s=1.0, max_attempts=3)
+    assert result.error.kind is ErrorKind.TIMEOUT
+    assert result.error.retryable is False
+    assert result.attempts == 1
+
+
+async def test_connection_refused_is_network_and_retryable(sim):
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    result = await _generate(sim, "a cat", base_url=f"http://127.0.0.1:{port}", max_attempts=2)
+    assert result.error.kind is ErrorKind.NETWORK
+    assert result.error.retryable is True
+    assert result.attempts == 2
+
+
+CONTENT_CASES = [
+    ("prompt_blocked", ErrorKind.PROMPT_BLOCKED, None, False),
+    ("zero_candidates_token", ErrorKind.ZERO_CANDIDATES_TOKEN, None, False),
+    ("no_candidates", ErrorKind.NO_CANDIDATES, None, True),
+    ("no_parts", ErrorKind.NO_PARTS, None, True),
+    ("inline_data_empty", ErrorKind.INLINE_DATA_EMPTY, None, True),
+    ("invalid_image", ErrorKind.INVALID_IMAGE, None, False),
+] + [
+    (f"finish_{reason}", ErrorKind.FINISH_REASON, reason, reason in {"OTHER", "IMAGE_OTHER", "NO_IMAGE"})
+    for reason in (
+        "SAFETY",
+        "PROHIBITED_CONTENT",
+        "RECITATION",
+        "MAX_TOKENS",
+        "IMAGE_SAFETY",
+        "IMAGE_PROHIBITED_CONTENT",
+        "IMAGE_RECITATION",
+        "IMAGE_OTHER",
+        "NO_IMAGE",
+        "OTHER",
+        "WEIRD_NEW",
+    )
+]
+
+
+@pytest.mark.parametrize("fault, kind, detail, retryable", CONTENT_CASES)
+async def test_content_faults_gemini(sim, fault, kind, detail, retryable):
+    result = await _generate(sim, f"a dog [sim fault={fault}]")
+    assert result.error is not None and result.error.kind is kind, result
+    assert result.error.retryable is retryable
+    if detail:
+        assert result.error.detail == detail
+    assert result.error.message and result.error.message_zh
+
+
+@pytest.mark.parametrize("label", ["watermark", "face_swap", "nsfw", "knowledge_cutoff", "general"])
+@pytest.mark.parametrize("lang", ["en", "zh"])
+@pytest.mark.parametrize("protocol", list(WireProtocol))
+async def test_text_refusals_are_labelled(sim, label, lang, protocol):
+    result = await _generate(sim, f"edit this [sim fault=text_{label}_{lang}]", protocol)
+    assert result.error.kind is ErrorKind.TEXT_RESPONSE
+    assert result.error.label == label
+    assert result.error.retryable is False
+    assert result.text
+
+
+async def test_snake_case_answers_are_read(sim):
+    result = await _generate(sim, "a fox [sim case=snake]")
+    assert result.ok, result.error
+    assert result.usage.candidates_tokens
+
+
+@pytest.mark.parametrize(
+    "fault, warning",
+    [
+        ("jpeg_as_png", "mime_mismatch"),
+        ("wrong_size", "size_mismatch"),
+        ("wrong_aspect", "aspect_mismatch"),
+        ("black_image", "blank_image"),
+    ],
+)
+async def test_output_checks_warn_and_strict_fails(sim, fault, warning):
+    result = await _generate(sim, f"a lamp [sim fault={fault}]")
+    assert result.ok and warning in result.warnings
+    strict = await _generate(sim, f"a lamp, strict [sim fault={fault}]", strict_checks=True)
+    assert not strict.ok
+    assert strict.error.kind is ErrorKind.OUTPUT_CHECK and warning in strict.error.detail
+
+
+async def test_jpeg_as_png_is_delivered_as_jpeg(sim):
+    result = await _generate(sim, "a lamp [sim fault=jpeg_as_png]")
+    image = result.images[0]
+    assert image.mime == "image/jpeg" and image.declared_mime == "image/png"
+    assert image.extension == "jpg"
+
+
+@pytest.mark.parametrize("fault", ["http_429", "http_503", "reset_mid_body", "no_candidates", "finish_OTHER"])
+async def test_retried_kinds_succeed_when_the_fault_clears(sim, fault):
+    prompt = f"a boat [sim fault={fault} times=2 retry_after=0]"
+    result = await _generate(sim, prompt, max_attempts=3)
+    assert result.ok, result.error
+    assert result.attempts == 3
+
+
+async def test_retries_stop_at_max_attempts(sim):
+    prompt = "a boat [sim fault=http_503 times=10 retry_after=0]"
+    result = await _generate(sim, prompt, max_attempts=3)
+    assert result.error.kind is ErrorKind.UPSTREAM_ERROR
+    assert result.attempts == 3
+    assert sim.stats()["requests_total"] == 3
+
+
+async def test_refusals_are_never_retried(sim):
+    result = await _generate(sim, "a boat [sim fault=finish_SAFETY]", max_attempts=5)
+    assert result.error.kind is ErrorKind.FINISH_REASON and result.attempts == 1
+    assert sim.stats()["requests_total"] == 1
+
+
+async def test_retry_after_is_honoured(sim):
+    import time
+
+    started = time.monotonic()
+    result = await _generate(sim, "a kite [sim fault=http_429 times=1 retry_after=1]", max_attempts=2)
+    assert result.ok and result.attempts == 2
+    assert time.monotonic() - started >= 1.0
+
+
+async def test_deadline_bounds_all_attempts(sim):
+    import time
+
+    started = time.monotonic()
+    result = await _generate(
+        sim, "a kite [sim fault=http_503 times=10 retry_after=5]", max_attempts=10, deadline_s=2.0
+    )
+    assert not result.ok
+    assert time.monotonic() - started < 4.0
+
+
+async def test_catalog_violation_sends_nothing(sim):
+    async with ImageClient(_settings(sim)) as client:
+        result = await client.generate(
+            GenerationRequest(prompt="x", model="gemini-2.5-flash-image", image_size="4K")
+        )
+    assert result.error.kind is ErrorKind.INVALID_INPUT
+    assert sim.stats()["requests_total"] == 0
+
+
+async def test_missing_key_is_a_clear_error(sim):
+    async with ImageClient(Settings(base_url=sim.base_url)) as client:
+        result = await client.generate(GenerationRequest(prompt="x"))
+    assert result.error.kind is ErrorKind.NO_API_KEY
+    assert "BANANALINE_API_KEY" in result.error.message
