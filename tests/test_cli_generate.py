@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import os
@@ -23,7 +24,11 @@ KEY = "cli-test-key-123456"
 
 
 def _env(sim, **extra):
-    env = {"BANANALINE_BASE_URL": sim.base_url, "BANANALINE_API_KEY": KEY, "BANANALINE_BACKOFF_INITIAL_S": "0.01"}
+    env = {
+        "BANANALINE_BASE_URL": sim.base_url,
+        "BANANALINE_API_KEY": KEY,
+        "BANANALINE_BACKOFF_INITIAL_S": "0.01",
+    }
     env.update(extra)
     return env
 
@@ -54,7 +59,17 @@ def _reference_files(tmp_path: Path, count: int) -> list[str]:
     ],
 )
 def test_text_to_image_dimensions(sim, tmp_path, protocol, model, ratio, size, expected):
-    args = ["a red bicycle", "--model", model, "--aspect-ratio", ratio, "--protocol", protocol, "--out", "imgs"]
+    args = [
+        "a red bicycle",
+        "--model",
+        model,
+        "--aspect-ratio",
+        ratio,
+        "--protocol",
+        protocol,
+        "--out",
+        "imgs",
+    ]
     if size:
         args += ["--size", size]
     code, payload = _invoke(sim, *args)
@@ -165,7 +180,11 @@ def test_public_looking_url_redirecting_inward_is_refused(sim, redirector, targe
     _RedirectHandler.target = target.format(port=sim.base_url.rsplit(":", 1)[1])
     port = redirector.server_address[1]
     code, payload = _invoke(
-        sim, "edit", "--ref", f"http://127.0.0.2:{port}/cdn/cat.png", BANANALINE_REF_ALLOW_NETWORKS='["127.0.0.2/32"]'
+        sim,
+        "edit",
+        "--ref",
+        f"http://127.0.0.2:{port}/cdn/cat.png",
+        BANANALINE_REF_ALLOW_NETWORKS='["127.0.0.2/32"]',
     )
     assert code == 2, payload
     assert payload["error"]["detail"] == "blocked_address"
@@ -196,3 +215,17 @@ def test_real_process_generate(sim, tmp_path):
     assert KEY not in proc.stdout + proc.stderr
     with Image.open(io.BytesIO(Path(payload["images"][0]["path"]).read_bytes())) as image:
         assert image.format == "PNG"
+
+
+def test_generate_with_store_prints_urls(sim, tmp_path):
+    code, payload = _invoke(sim, "a teapot", "-a", "16:9", "--store", "file://./store")
+    assert code == 0, payload
+    image = payload["images"][0]
+    assert image["storage_status"] == "stored"
+    stored = Path(image["url"].removeprefix("file://"))
+    assert hashlib.sha256(stored.read_bytes()).hexdigest() == image["sha256"]
+    assert image["sha256"] in stored.name
+    thumb = Path(image["thumbnail_url"].removeprefix("file://"))
+    with Image.open(thumb) as thumbnail:
+        assert thumbnail.format == "WEBP" and max(thumbnail.size) == 512
+    assert (tmp_path / "store").is_dir()

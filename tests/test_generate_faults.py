@@ -28,7 +28,9 @@ def _settings(sim, **overrides) -> Settings:
 async def _generate(sim, prompt, protocol=WireProtocol.GEMINI, **overrides):
     async with ImageClient(_settings(sim, protocol=protocol, **overrides)) as client:
         return await client.generate(
-            GenerationRequest(prompt=prompt, model="gemini-3-pro-image-preview", aspect_ratio="1:1", image_size="1K")
+            GenerationRequest(
+                prompt=prompt, model="gemini-3-pro-image-preview", aspect_ratio="1:1", image_size="1K"
+            )
         )
 
 

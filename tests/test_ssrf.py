@@ -428,4 +428,3 @@ def test_address_policy_units() -> None:
     allow = [ipaddress.ip_network("10.20.0.0/16")]
     assert not is_blocked(ipaddress.ip_address("10.20.3.4"), allow)
     assert is_blocked(ipaddress.ip_address("10.21.3.4"), allow)
-

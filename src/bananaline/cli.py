@@ -50,18 +50,25 @@ def _fail_invalid(message: str, *, as_json: bool) -> None:
 @app.command()
 def generate(
     prompt: Annotated[str, typer.Argument(help="What to make or how to edit the references.")],
-    ref: Annotated[list[str] | None, typer.Option("--ref", "-r", help="Reference image: path, URL or data URI. Repeatable.")] = None,
+    ref: Annotated[
+        list[str] | None,
+        typer.Option("--ref", "-r", help="Reference image: path, URL or data URI. Repeatable."),
+    ] = None,
     model: Annotated[str | None, typer.Option(help="Model name, e.g. gemini-3-pro-image-preview.")] = None,
     aspect_ratio: Annotated[str | None, typer.Option("--aspect-ratio", "-a", help="e.g. 16:9")] = None,
     size: Annotated[str | None, typer.Option("--size", "-s", help="512, 1K, 2K or 4K")] = None,
     protocol: Annotated[WireProtocol | None, typer.Option(help="Wire protocol of the upstream.")] = None,
     base_url: Annotated[str | None, typer.Option(help="Upstream base URL (relay or Google).")] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Directory for the images.")] = None,
-    store: Annotated[str | None, typer.Option(help="Also store in file://, s3:// or oss:// and print URLs.")] = None,
+    store: Annotated[
+        str | None, typer.Option(help="Also store in file://, s3:// or oss:// and print URLs.")
+    ] = None,
     max_attempts: Annotated[int | None, typer.Option(help="Attempts for retryable failures.")] = None,
     timeout: Annotated[float | None, typer.Option(help="Per-attempt timeout in seconds.")] = None,
     deadline: Annotated[float | None, typer.Option(help="Total time budget in seconds.")] = None,
-    allow_private_refs: Annotated[bool, typer.Option(help="Allow reference URLs on private networks.")] = False,
+    allow_private_refs: Annotated[
+        bool, typer.Option(help="Allow reference URLs on private networks.")
+    ] = False,
     strict_checks: Annotated[bool, typer.Option(help="Fail when an output check warns.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print exactly one JSON object.")] = False,
 ) -> None:
@@ -180,35 +187,33 @@ def demo(
     """Make one image: against BANANALINE_API_KEY's upstream if set, else the bundled simulator."""
     if os.environ.get("BANANALINE_API_KEY"):
         settings = _settings(out_dir=out)
-        result = asyncio.run(_generate_and_deliver(GenerationRequest(prompt=prompt, model=settings.model), settings, None, False))
+        result = asyncio.run(
+            _generate_and_deliver(
+                GenerationRequest(prompt=prompt, model=settings.model), settings, None, False
+            )
+        )
     else:
         from .simulator import SimulatorServer
 
         err_console.print("[dim]BANANALINE_API_KEY is not set: using the bundled upstream simulator.[/dim]")
         with SimulatorServer() as sim:
             settings = _settings(out_dir=out, base_url=sim.base_url, api_key="demo-key")
-            request = GenerationRequest(prompt=prompt, model=settings.model, aspect_ratio="16:9", image_size="1K")
+            request = GenerationRequest(
+                prompt=prompt, model=settings.model, aspect_ratio="16:9", image_size="1K"
+            )
             result = asyncio.run(_generate_and_deliver(request, settings, None, False))
     _print_result(result, False)
     raise typer.Exit(EXIT_OK if result.ok else EXIT_FAILED)
 
 
 def _register_subapps() -> None:
+    from .batch.cli import app as batch_app
+    from .service.cli import register as register_service
     from .storage.cli import app as storage_app
 
     app.add_typer(storage_app, name="storage", help="Put images into a store; flush the local spool.")
-    try:
-        from .batch.cli import app as batch_app
-    except ImportError:  # pragma: no cover - during development only
-        batch_app = None
-    if batch_app is not None:
-        app.add_typer(batch_app, name="batch", help="Spreadsheet in, spreadsheet of images out.")
-    try:
-        from .service.cli import register as register_service
-    except ImportError:  # pragma: no cover
-        register_service = None
-    if register_service is not None:
-        register_service(app)
+    app.add_typer(batch_app, name="batch", help="Spreadsheet in, spreadsheet of images out.")
+    register_service(app)
 
 
 _register_subapps()

@@ -118,8 +118,13 @@ class ImageClient:
         if not key:
             raise GenerationError(
                 ErrorKind.NO_API_KEY,
-                message="No API key: pass api_key=, set BANANALINE_API_KEY, or add api_key to bananaline.toml",
-                message_zh="缺少 API 密钥：传入 api_key，或设置环境变量 BANANALINE_API_KEY，或写入 bananaline.toml",
+                message=(
+                    "No API key: pass api_key=, set BANANALINE_API_KEY, or add api_key to bananaline.toml"
+                ),
+                message_zh=(
+                    "缺少 API 密钥：传入 api_key，或设置环境变量 BANANALINE_API_KEY，"
+                    "或写入 bananaline.toml"
+                ),
                 request_sent=False,
             )
         register_secret(key)
@@ -215,9 +220,7 @@ class ImageClient:
                 left = remaining_s()
                 if left is not None:
                     if left <= 0:
-                        raise GenerationError(
-                            ErrorKind.TIMEOUT, detail="deadline exceeded", retryable=False
-                        )
+                        raise GenerationError(ErrorKind.TIMEOUT, detail="deadline exceeded", retryable=False)
                     timeout_s = min(timeout_s, left)
                 return await self._attempt(adapter, encoded, upstream, timeout_s)
         raise AssertionError("unreachable: tenacity reraises the last error")
@@ -233,7 +236,11 @@ class ImageClient:
         try:
             async with asyncio.timeout(timeout_s):
                 async with self._http.stream(
-                    encoded.method, encoded.url, headers=encoded.headers, content=encoded.body, timeout=timeout
+                    encoded.method,
+                    encoded.url,
+                    headers=encoded.headers,
+                    content=encoded.body,
+                    timeout=timeout,
                 ) as response:
                     if response.status_code != 200:
                         body = await _read_bounded(response, _ERROR_BODY_LIMIT)
@@ -253,7 +260,9 @@ class ImageClient:
             except httpx.HTTPError as exc:
                 raise classify_transport_exception(exc) from exc
             if response.status_code != 200:
-                raise GenerationError(ErrorKind.MALFORMED_RESPONSE, detail=f"image URL answered {response.status_code}")
+                raise GenerationError(
+                    ErrorKind.MALFORMED_RESPONSE, detail=f"image URL answered {response.status_code}"
+                )
             return response.content
         try:
             return await guarded_fetch(url, settings=self.settings, client=self._http)

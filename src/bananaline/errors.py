@@ -106,7 +106,10 @@ _MESSAGES: dict[ErrorKind, tuple[str, str]] = {
     ErrorKind.FINISH_REASON: ("The model stopped before producing an image", "模型在生成图片前终止"),
     ErrorKind.NO_PARTS: ("The model returned an empty answer", "模型返回了空内容"),
     ErrorKind.INLINE_DATA_EMPTY: ("The model returned an empty image", "模型返回的图片数据为空"),
-    ErrorKind.TEXT_RESPONSE: ("The model answered with text instead of an image", "模型只返回了文字，没有图片"),
+    ErrorKind.TEXT_RESPONSE: (
+        "The model answered with text instead of an image",
+        "模型只返回了文字，没有图片",
+    ),
     ErrorKind.INVALID_IMAGE: ("The returned bytes are not a valid image", "返回的数据不是有效图片"),
     ErrorKind.OUTPUT_CHECK: ("The image failed an output check", "图片未通过输出检查"),
     ErrorKind.STORAGE: ("The image could not be stored", "图片无法保存"),
@@ -123,7 +126,9 @@ _LABEL_MESSAGES: dict[str, tuple[str, str]] = {
 
 _SECRET_PATTERNS = [
     re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._\-]{8,}"),
-    re.compile(r"(?i)((?:api[_-]?key|key|token|apikey|x-goog-api-key)[\"']?\s*[=:]\s*[\"']?)[A-Za-z0-9._\-]{8,}"),
+    re.compile(
+        r"(?i)((?:api[_-]?key|key|token|apikey|x-goog-api-key)[\"']?\s*[=:]\s*[\"']?)[A-Za-z0-9._\-]{8,}"
+    ),
     re.compile(r"\bsk-[A-Za-z0-9_\-]{8,}"),
     re.compile(r"\bAIza[0-9A-Za-z_\-]{20,}"),
     re.compile(r"\bbl_[A-Za-z0-9_\-]{16,}"),
@@ -195,7 +200,9 @@ class GenerationError(Exception):
         super().__init__(self.message)
 
     def __repr__(self) -> str:
-        return f"GenerationError(kind={self.kind.value!r}, detail={self.detail!r}, retryable={self.retryable})"
+        return (
+            f"GenerationError(kind={self.kind.value!r}, detail={self.detail!r}, retryable={self.retryable})"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -18,7 +18,9 @@ def _redact_value(value: Any) -> Any:
     if isinstance(value, str):
         return redact(value)
     if isinstance(value, dict):
-        return {k: ("***" if str(k).lower() in _SECRET_FIELDS else _redact_value(v)) for k, v in value.items()}
+        return {
+            k: ("***" if str(k).lower() in _SECRET_FIELDS else _redact_value(v)) for k, v in value.items()
+        }
     if isinstance(value, list | tuple):
         return [_redact_value(v) for v in value]
     return value

@@ -86,7 +86,9 @@ class GeneratedImage(BaseModel):
     storage_status: str | None = None
 
     @classmethod
-    def from_bytes(cls, data: bytes, mime: str, width: int, height: int, declared_mime: str | None = None) -> GeneratedImage:
+    def from_bytes(
+        cls, data: bytes, mime: str, width: int, height: int, declared_mime: str | None = None
+    ) -> GeneratedImage:
         return cls(
             data=data,
             mime=mime,
@@ -101,7 +103,8 @@ class GeneratedImage(BaseModel):
         return MIME_EXTENSIONS.get(self.mime, "bin")
 
     def __repr__(self) -> str:
-        return f"GeneratedImage({self.mime}, {self.width}x{self.height}, {len(self.data)} bytes, sha256={self.sha256[:12]})"
+        size = f"{self.width}x{self.height}"
+        return f"GeneratedImage({self.mime}, {size}, {len(self.data)} bytes, sha256={self.sha256[:12]})"
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -120,6 +123,9 @@ class GeneratedImage(BaseModel):
 
 
 MIME_EXTENSIONS = {
+    "image/avif": "avif",
+    "image/bmp": "bmp",
+    "image/tiff": "tiff",
     "image/png": "png",
     "image/jpeg": "jpg",
     "image/webp": "webp",

@@ -36,13 +36,20 @@ def test_merged_prompt_cell_is_split_into_prompt_and_trailing_url_lines():
 def test_chinese_columns_and_several_reference_columns_are_mapped(tmp_path):
     columns = ColumnConfig().with_mappings(["prompt=提示词", "refs=目标图,原图", "caller=调用人"])
     plan = RowPlanner(columns, default_model="m", base_dir=tmp_path).plan(
-        {"提示词": "换装\nhttps://a.test/0.png", "目标图": "t1.png\nt2.png", "原图": "https://a.test/s.png",
-         "调用人": " 张三 "}
+        {
+            "提示词": "换装\nhttps://a.test/0.png",
+            "目标图": "t1.png\nt2.png",
+            "原图": "https://a.test/s.png",
+            "调用人": " 张三 ",
+        }
     )
     assert plan.error is None
     assert plan.prompt == "换装" and plan.caller == "张三" and plan.model == "m"
     assert plan.references == (
-        "https://a.test/0.png", str(tmp_path / "t1.png"), str(tmp_path / "t2.png"), "https://a.test/s.png"
+        "https://a.test/0.png",
+        str(tmp_path / "t1.png"),
+        str(tmp_path / "t2.png"),
+        "https://a.test/s.png",
     )
 
 
@@ -89,7 +96,8 @@ def test_blank_prompt_and_local_refs_when_forbidden_fail_the_row():
 
 def test_column_config_from_toml(tmp_path):
     path = tmp_path / "batch.toml"
-    path.write_text('template = "{{ 产品 }}"\n[columns]\nrefs = ["目标图", "原图"]\ncaller = "调用人"\n',
-                    encoding="utf-8")
+    path.write_text(
+        'template = "{{ 产品 }}"\n[columns]\nrefs = ["目标图", "原图"]\ncaller = "调用人"\n', encoding="utf-8"
+    )
     config = ColumnConfig.from_toml(path)
     assert config.refs == ("目标图", "原图") and config.caller == "调用人" and config.template == "{{ 产品 }}"

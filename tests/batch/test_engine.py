@@ -20,13 +20,20 @@ from bananaline.batch.sheets import read_table_bytes
 from .conftest import data_uri, png_bytes
 
 CALLERS = ("alice", "bob", "", "carol")  # carol has no key
-FAULTS = {5: "text_watermark_en", 7: "http_429 times=1 retry_after=0.1", 9: "finish_SAFETY", 11: "prompt_blocked"}
+FAULTS = {
+    5: "text_watermark_en",
+    7: "http_429 times=1 retry_after=0.1",
+    9: "finish_SAFETY",
+    11: "prompt_blocked",
+}
 
 
 def keyring() -> KeyRing:
     return KeyRing(
-        {"alice": CallerKey(api_key=SecretStr("alice-key-0001"), concurrency=8),
-         "bob": CallerKey(api_key=SecretStr("bob-key-0002"), concurrency=12)},
+        {
+            "alice": CallerKey(api_key=SecretStr("alice-key-0001"), concurrency=8),
+            "bob": CallerKey(api_key=SecretStr("bob-key-0002"), concurrency=12),
+        },
         default=CallerKey(api_key=SecretStr("default-key-0003")),
     )
 
@@ -48,11 +55,17 @@ def make_rows(count: int, ref_dir: Path) -> list[dict[str, str]]:
             refs = f"refs/r{i % 5}.png"
         else:
             refs = ""
-        rows.append({
-            "prompt": prompt, "refs": refs, "caller": CALLERS[i % 4], "model": "",
-            "aspect_ratio": "7:3" if i == 14 else "1:1", "size": "1K",
-            "n": "abc" if i == 18 else ("2" if i % 10 == 0 else ""),
-        })
+        rows.append(
+            {
+                "prompt": prompt,
+                "refs": refs,
+                "caller": CALLERS[i % 4],
+                "model": "",
+                "aspect_ratio": "7:3" if i == 14 else "1:1",
+                "size": "1K",
+                "n": "abc" if i == 18 else ("2" if i % 10 == 0 else ""),
+            }
+        )
     return rows
 
 
@@ -63,8 +76,11 @@ def expected(i: int) -> tuple[str, str | None]:
         return "failed", "no_api_key"
     if i == 14:
         return "failed", "invalid_input"
-    return {5: ("failed", "text_response"), 9: ("failed", "finish_reason"),
-            11: ("failed", "prompt_blocked")}.get(i % 25, ("done", None))
+    return {
+        5: ("failed", "text_response"),
+        9: ("failed", "finish_reason"),
+        11: ("failed", "prompt_blocked"),
+    }.get(i % 25, ("done", None))
 
 
 async def test_two_hundred_rows_finish_with_the_right_outcome_and_a_rerun_calls_nothing(
@@ -94,7 +110,9 @@ async def test_two_hundred_rows_finish_with_the_right_outcome_and_a_rerun_calls_
             assert row.images[0].thumbnail_url
         else:
             assert not row.images and row.error
-    retried = [row for row in status.rows if row.row_index % 25 == 7 and CALLERS[row.row_index % 4] != "carol"]
+    retried = [
+        row for row in status.rows if row.row_index % 25 == 7 and CALLERS[row.row_index % 4] != "carol"
+    ]
     assert retried and all(row.attempts == 2 for row in retried)
     assert status.rows[5].error_detail is None or "watermark" in (status.rows[5].error or "")
     assert status.rows[9].error_detail == "SAFETY"
@@ -103,8 +121,10 @@ async def test_two_hundred_rows_finish_with_the_right_outcome_and_a_rerun_calls_
     keys_seen = {kid for kid, entry in stats["keys"].items() if entry["requests"]}
     assert len(keys_seen) == 3  # alice, bob, default; carol never reached the upstream
     assert snapshots[-1].finished == snapshots[-1].total == sum(2 if i % 10 == 0 else 1 for i in range(200))
-    assert summary.rows_by_status == {"done": sum(1 for i in range(200) if expected(i)[0] == "done"),
-                                      "failed": sum(1 for i in range(200) if expected(i)[0] == "failed")}
+    assert summary.rows_by_status == {
+        "done": sum(1 for i in range(200) if expected(i)[0] == "done"),
+        "failed": sum(1 for i in range(200) if expected(i)[0] == "failed"),
+    }
     assert summary.errors_by_kind["no_api_key"].count == 50
     assert set(summary.cost_by_caller) == {"alice", "bob", "(default)"}
     assert summary.latency_p50_s is not None and summary.latency_p95_s >= summary.latency_p50_s
@@ -117,8 +137,16 @@ async def test_two_hundred_rows_finish_with_the_right_outcome_and_a_rerun_calls_
     out = read_table_bytes(engine.export(batch_id, "csv"), "csv")
     assert [r["prompt"] for r in out.rows] == [r["prompt"] for r in rows]
     assert out.header[:7] == list(rows[0]) and out.header[7:] == [
-        "status", "image_url", "thumbnail_url", "error_kind", "error", "warnings", "attempts", "latency_s",
-        "cost_usd"]
+        "status",
+        "image_url",
+        "thumbnail_url",
+        "error_kind",
+        "error",
+        "warnings",
+        "attempts",
+        "latency_s",
+        "cost_usd",
+    ]
     assert len(out.rows[0]["image_url"].splitlines()) == 2
     assert out.rows[3]["status"] == "failed" and out.rows[3]["error_kind"] == "no_api_key"
     engine.close()

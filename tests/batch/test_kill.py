@@ -27,11 +27,30 @@ ROWS = 40
 
 
 def _run_cli(tmp_path: Path, sim, db_url: str, store_url: str) -> subprocess.Popen:
-    env = {**os.environ, "BANANALINE_API_KEY": "kill-test-key-0001", "BANANALINE_BACKOFF_INITIAL_S": "0.01",
-           "BANANALINE_CONFIG": str(tmp_path / "none.toml"), "BANANALINE_SPOOL_DIR": str(tmp_path / "spool")}
-    command = [sys.executable, "-c", "from bananaline.cli import app; app()", "batch", "run", "in.csv",
-               "--db", db_url, "--store", store_url, "--base-url", sim.base_url, "--concurrency", "8",
-               "--no-progress"]
+    env = {
+        **os.environ,
+        "BANANALINE_API_KEY": "kill-test-key-0001",
+        "BANANALINE_BACKOFF_INITIAL_S": "0.01",
+        "BANANALINE_CONFIG": str(tmp_path / "none.toml"),
+        "BANANALINE_SPOOL_DIR": str(tmp_path / "spool"),
+    }
+    command = [
+        sys.executable,
+        "-c",
+        "from bananaline.cli import app; app()",
+        "batch",
+        "run",
+        "in.csv",
+        "--db",
+        db_url,
+        "--store",
+        store_url,
+        "--base-url",
+        sim.base_url,
+        "--concurrency",
+        "8",
+        "--no-progress",
+    ]
     return subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
@@ -87,20 +106,27 @@ def test_sigkill_mid_run_then_resume_finishes_every_row_exactly_once(fast_sim, t
 
     engine = make_engine(db_url)
     with engine.connect() as conn:
-        running_rows = set(conn.execute(select(JobRecord.row_index).where(JobRecord.status == "running")).scalars())
+        running_rows = set(
+            conn.execute(select(JobRecord.row_index).where(JobRecord.status == "running")).scalars()
+        )
 
     second = _run_cli(tmp_path, fast_sim, db_url, store_url)
     out, err = second.communicate(timeout=120)
     elapsed_s = time.monotonic() - started
     assert second.returncode == 0, err.decode()
-    print(f"\nkill test ({db_url.split(':')[0]}): {at_kill} at kill, {len(running_rows)} in flight, "
-          f"both runs {elapsed_s:.1f}s")
+    print(
+        f"\nkill test ({db_url.split(':')[0]}): {at_kill} at kill, {len(running_rows)} in flight, "
+        f"both runs {elapsed_s:.1f}s"
+    )
 
     assert _counts(db_url) == {"done": ROWS}
     per_prompt = fast_sim.stats()["prompts"]
     for index, prompt in enumerate(prompts):
         allowed = 2 if index in running_rows else 1
-        assert 1 <= per_prompt.get(prompt_id(prompt), 0) <= allowed, (index, per_prompt.get(prompt_id(prompt)))
+        assert 1 <= per_prompt.get(prompt_id(prompt), 0) <= allowed, (
+            index,
+            per_prompt.get(prompt_id(prompt)),
+        )
     with engine.connect() as conn:
         images = conn.execute(select(ImageRecord.job_id, ImageRecord.sha256)).all()
     engine.dispose()
@@ -109,3 +135,28 @@ def test_sigkill_mid_run_then_resume_finishes_every_row_exactly_once(fast_sim, t
     assert sorted(p.stem for p in stored) == sorted({sha for _, sha in images})
     output = (tmp_path / "in.out.csv").read_text(encoding="utf-8-sig")
     assert output.count(",done,") == ROWS
+
+
+def test_ctrl_c_stops_claiming_lets_in_flight_finish_and_the_next_run_resumes(fast_sim, tmp_path):
+    fast_sim.set_latency(0.3)
+    db_url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    (tmp_path / "in.csv").write_text("prompt\n" + "".join(f"ctrl-c row {i}\n" for i in range(ROWS)), encoding="utf-8")
+    first = _run_cli(tmp_path, fast_sim, db_url, f"file://{tmp_path / 'store'}")
+    deadline = time.monotonic() + 60
+    while _counts(db_url).get("done", 0) < 5:
+        assert first.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    first.send_signal(signal.SIGINT)
+    out, err = first.communicate(timeout=30)
+    assert first.returncode == 130, err.decode()
+    assert b"resume" in out
+    stopped = _counts(db_url)
+    assert "running" not in stopped and 5 <= stopped["done"] < ROWS and stopped["queued"] > 0
+    calls = fast_sim.stats()["requests_total"]
+    assert calls == stopped["done"]  # nothing in flight was abandoned
+
+    second = _run_cli(tmp_path, fast_sim, db_url, f"file://{tmp_path / 'store'}")
+    _, err = second.communicate(timeout=120)
+    assert second.returncode == 0, err.decode()
+    assert _counts(db_url) == {"done": ROWS}
+    assert fast_sim.stats()["requests_total"] == ROWS

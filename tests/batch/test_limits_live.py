@@ -11,10 +11,12 @@ from bananaline.simulator import key_id
 
 async def test_caller_concurrency_limits_hold_at_the_upstream(fast_sim, settings_for):
     fast_sim.set_latency(0.3)
-    ring = KeyRing({
-        "a": CallerKey(api_key=SecretStr("caller-a-key-01"), concurrency=2),
-        "b": CallerKey(api_key=SecretStr("caller-b-key-02"), concurrency=5),
-    })
+    ring = KeyRing(
+        {
+            "a": CallerKey(api_key=SecretStr("caller-a-key-01"), concurrency=2),
+            "b": CallerKey(api_key=SecretStr("caller-b-key-02"), concurrency=5),
+        }
+    )
     engine = BatchEngine(settings_for(fast_sim), keyring=ring)
     rows = [{"prompt": f"limit row {i}", "caller": "a" if i % 3 == 0 else "b"} for i in range(36)]
     summary = await engine.run(engine.create_batch(rows), concurrency=16)
@@ -28,7 +30,9 @@ async def test_caller_concurrency_limits_hold_at_the_upstream(fast_sim, settings
 async def test_a_rate_limited_caller_is_slowed_and_still_finishes(fast_sim, settings_for):
     ring = KeyRing({"a": CallerKey(api_key=SecretStr("caller-a-key-01"), concurrency=4)})
     engine = BatchEngine(settings_for(fast_sim), keyring=ring)
-    rows = [{"prompt": f"busy {i} [sim fault=http_429 times=1 retry_after=0.2]", "caller": "a"} for i in range(8)]
+    rows = [
+        {"prompt": f"busy {i} [sim fault=http_429 times=1 retry_after=0.2]", "caller": "a"} for i in range(8)
+    ]
     summary = await engine.run(engine.create_batch(rows), concurrency=8)
     assert summary.rows_by_status == {"done": 8}
     assert all(row.attempts == 2 for row in engine.status(summary.batch_id).rows)

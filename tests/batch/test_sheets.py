@@ -60,10 +60,13 @@ def test_xlsx_input_numbers_and_blank_rows(tmp_path):
 
 
 def test_jsonl_lists_become_one_reference_per_line():
-    data = "\n".join(json.dumps(o, ensure_ascii=False) for o in (
-        {"prompt": "香蕉", "refs": ["a.png", "b.png"], "n": 2},
-        {"prompt": "x", "extra": None},
-    )).encode()
+    data = "\n".join(
+        json.dumps(o, ensure_ascii=False)
+        for o in (
+            {"prompt": "香蕉", "refs": ["a.png", "b.png"], "n": 2},
+            {"prompt": "x", "extra": None},
+        )
+    ).encode()
     table = read_table_bytes(data, "jsonl")
     assert table.header == ["prompt", "refs", "n", "extra"]
     assert table.rows[0] == {"prompt": "香蕉", "refs": "a.png\nb.png", "n": "2", "extra": ""}

@@ -129,8 +129,9 @@ def test_openai_sdk_chat_completions(service, sim):
         extra_body={"image_config": {"aspect_ratio": "16:9"}},
     )
     content = completion.choices[0].message.content
-    assert content.startswith("![image](data:image/png;base64,")
-    data = base64.b64decode(content.split("base64,", 1)[1].rstrip(")"))
+    markdown = content.split("\n\n")[-1]
+    assert markdown.startswith("![image](data:image/png;base64,") and markdown.endswith(")")
+    data = base64.b64decode(markdown.split("base64,", 1)[1][:-1])
     assert image_size(data) == (1376, 768)
     images = completion.choices[0].message.model_extra["images"]
     assert images[0]["image_url"]["url"].startswith("data:image/png;base64,")

@@ -8,7 +8,11 @@ cost of reading it close to "the string once, the image once":
   at a time costs ~2 s, read 2 MiB at a time ~0.2 s (measured on 22 MiB of image).
 * :func:`decode_base64` decodes a span of a string in :data:`BASE64_CHUNK_CHARS` slices into a
   ``BytesIO`` whose buffer becomes the result without a final copy; the base64 text is never
-  copied whole (``b64decode(str)`` would first encode the whole string to bytes).
+  copied whole (``b64decode(str)`` would first encode the whole string to bytes). ijson keeps
+  its own reference to the string until the next read, so decoding cannot free it early.
+
+Measured on a 22.5 MiB image (30 MiB of JSON): traced peak 2.41x the image (the str 1.33x +
+the image 1x), RSS high-water 2.67x (yajl's token buffer is allocated outside tracemalloc).
 
 JSON keys are normalised to camelCase, so ``inline_data`` and ``inlineData`` look the same to
 the decoders. Parse failures become ``malformed_response``; httpx errors raised while reading

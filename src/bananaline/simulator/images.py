@@ -129,7 +129,7 @@ class ImageCache:
             pending = self._pending.get(key)
             if pending is None:
                 if self._pool is None:
-                    self._pool = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="sim-encode")
+                    self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="sim-encode")
                 pending = self._pool.submit(self._build_and_store, key)
                 self._pending[key] = pending
             return pending

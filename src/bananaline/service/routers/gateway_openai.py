@@ -31,6 +31,7 @@ from .gateway_common import build_request, check_model_name, data_uri, generate
 
 router = APIRouter(tags=["gateway"])
 
+_SCALE = {"512": 0.5, "1K": 1.0, "2K": 2.0, "4K": 4.0}
 _PIXELS = re.compile(r"^\s*(\d{2,5})\s*[xX×]\s*(\d{2,5})\s*$")
 
 
@@ -215,7 +216,8 @@ def _stream(
 
 
 def parse_size(size: str | None, model: str) -> tuple[str | None, str | None]:
-    """OpenAI's ``size`` to (aspect ratio, image size) for ``model``: nearest ratio, size class by long edge."""
+    """OpenAI's ``size`` to (aspect ratio, image size) for ``model``: the nearest ratio, then the size
+    class whose documented long edge is nearest to the requested one."""
     if not size or size.strip().lower() == "auto":
         return None, None
     spec = catalog.get_model(model)
@@ -229,9 +231,13 @@ def parse_size(size: str | None, model: str) -> tuple[str | None, str | None]:
         target = math.log(width / height)
         ratio = min(ratios, key=lambda r: abs(math.log(int(r.split(":")[0]) / int(r.split(":")[1])) - target))
         long_edge = max(width, height)
-        wanted = 0 if long_edge <= 640 else 1 if long_edge <= 1600 else 2 if long_edge <= 3200 else 3
-        size_class = min(sizes, key=lambda s: abs(catalog.SIZES_ORDER.index(s) - wanted))
-        return ratio, size_class
+
+        def distance(size_class: str) -> float:
+            pixels = spec.expected_pixels(ratio, size_class) if spec else None
+            produced = max(pixels) if pixels else 1024 * _SCALE.get(size_class, 1.0)
+            return abs(produced - long_edge)
+
+        return ratio, min(sizes, key=distance)
     normalized = catalog.normalize_size(size)
     if normalized in catalog.SIZES_ORDER:
         return None, normalized
