@@ -30,6 +30,21 @@ out_console = Console()
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 
 
+@app.callback()
+def main(
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", envvar="BANANALINE_CONFIG", help="TOML config file (default ./bananaline.toml)."),
+    ] = None,
+) -> None:
+    """Settings come from flags, then BANANALINE_* variables, then the config file, then defaults."""
+    if config is not None:
+        if not config.is_file():
+            err_console.print(f"[red]config file not found:[/red] {config}")
+            raise typer.Exit(EXIT_INVALID)
+        os.environ["BANANALINE_CONFIG"] = str(config)
+
+
 def _settings(**overrides: Any) -> Settings:
     try:
         return Settings().with_overrides(**overrides)

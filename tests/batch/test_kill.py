@@ -28,10 +28,9 @@ ROWS = 40
 
 def _run_cli(tmp_path: Path, sim, db_url: str, store_url: str) -> subprocess.Popen:
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k != "BANANALINE_CONFIG"},
         "BANANALINE_API_KEY": "kill-test-key-0001",
         "BANANALINE_BACKOFF_INITIAL_S": "0.01",
-        "BANANALINE_CONFIG": str(tmp_path / "none.toml"),
         "BANANALINE_SPOOL_DIR": str(tmp_path / "spool"),
     }
     command = [
@@ -140,7 +139,9 @@ def test_sigkill_mid_run_then_resume_finishes_every_row_exactly_once(fast_sim, t
 def test_ctrl_c_stops_claiming_lets_in_flight_finish_and_the_next_run_resumes(fast_sim, tmp_path):
     fast_sim.set_latency(0.3)
     db_url = f"sqlite:///{tmp_path / 'jobs.db'}"
-    (tmp_path / "in.csv").write_text("prompt\n" + "".join(f"ctrl-c row {i}\n" for i in range(ROWS)), encoding="utf-8")
+    (tmp_path / "in.csv").write_text(
+        "prompt\n" + "".join(f"ctrl-c row {i}\n" for i in range(ROWS)), encoding="utf-8"
+    )
     first = _run_cli(tmp_path, fast_sim, db_url, f"file://{tmp_path / 'store'}")
     deadline = time.monotonic() + 60
     while _counts(db_url).get("done", 0) < 5:

@@ -84,7 +84,9 @@ def run_command(
     ] = False,
     report: Annotated[Path | None, typer.Option(help="Write a self-contained HTML report here.")] = None,
     db: DbOption = None,
-    config: Annotated[Path | None, typer.Option(help="Batch config TOML: [columns], template.")] = None,
+    batch_config: Annotated[
+        Path | None, typer.Option("--batch-config", help="Batch config TOML: [columns], template.")
+    ] = None,
     col: Annotated[list[str] | None, typer.Option("--col", help="ROLE=COLUMN, e.g. prompt=提示词.")] = None,
     template: Annotated[
         str | None, typer.Option(help="Jinja2 prompt template over the row's columns.")
@@ -105,7 +107,7 @@ def run_command(
         table = read_table(input_path)
     except (OSError, ValueError, UnicodeDecodeError) as exc:
         raise _invalid(f"cannot read {input_path}: {exc}") from exc
-    columns = _columns(config, col, template)
+    columns = _columns(batch_config, col, template)
     try:
         keyring = KeyRing.from_toml(keys) if keys else KeyRing.single(settings.api_key)
     except (OSError, ValueError) as exc:

@@ -85,7 +85,7 @@ class ProgressBar:
         self._progress.stop()
 
     def update(self, snapshot: ProgressSnapshot) -> None:
-        fields = {
+        fields: dict[str, Any] = {
             "done": snapshot.done,
             "failed": snapshot.failed,
             "in_flight": snapshot.in_flight,

@@ -17,7 +17,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -34,7 +34,6 @@ if TYPE_CHECKING:
     from ..client import ImageClient
     from ..storage import ImageStore
 
-T = TypeVar("T")
 log = get_logger("bananaline.batch")
 DbCall = Callable[..., Awaitable[Any]]
 PREVIEW_PX = 160
@@ -197,6 +196,7 @@ class BatchRun:
         self.stats.jobs_finished += 1
         self.stats.images += len(outcome.images)
         self.progress.record(outcome.ok, images=len(outcome.images), cost_usd=outcome.cost_usd or 0.0)
+        self.progress.in_flight = max(0, len(self.in_flight) - 1)  # this task is still listed
         self._report()
 
     async def _generate(self, job: ClaimedJob) -> JobOutcome:

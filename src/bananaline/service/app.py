@@ -52,8 +52,13 @@ def create_app(settings: Settings) -> FastAPI:
             yield
         finally:
             await state.tasks.shutdown()
-            for run in list((state.batch_runs or {}).values()):
+            runs = list((state.batch_runs or {}).values())
+            for run in runs:
                 run.cancel()
+            if runs:
+                await asyncio.wait(runs, timeout=10)
+            if state.batches is not None:
+                state.batches.close()
             await state.client.aclose()
             state.engine.dispose()
             log.info("service_stopped")

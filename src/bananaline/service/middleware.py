@@ -23,6 +23,22 @@ log = get_logger("bananaline.service.http")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
 
 
+#: An oversized body is read and thrown away up to this much, so the client gets its 413 instead
+#: of a connection reset mid-upload; beyond it the connection is simply closed.
+_DRAIN_CAP_BYTES = 512 * 1024 * 1024
+
+
+async def _drain(receive: Receive, cap_bytes: int) -> None:
+    drained = 0
+    while drained <= cap_bytes:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        drained += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
+
+
 class PayloadTooLarge(HTTPException):
     def __init__(self, limit: int) -> None:
         super().__init__(413, f"request body larger than {limit} bytes (BANANALINE_MAX_UPLOAD_BYTES)")
@@ -48,6 +64,7 @@ class RequestContextMiddleware:
 
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
+            await _drain(receive, _DRAIN_CAP_BYTES)
             await self._reject_too_large(scope, send, request_id, limit)
             self._done(scope, 413, started)
             return
@@ -60,6 +77,8 @@ class RequestContextMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
+                    if message.get("more_body", False):
+                        await _drain(receive, _DRAIN_CAP_BYTES)
                     raise PayloadTooLarge(limit)
             return message
 

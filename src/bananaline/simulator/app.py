@@ -69,18 +69,26 @@ class CountingMiddleware:
         request = Request(scope)
         kid = key_id(request_key(request.headers, request.query_params))
         status: list[int] = []
+        ended = False
+        stats = self.state.stats
 
         async def send_and_note(message: Message) -> None:
+            nonlocal ended
             if message["type"] == "http.response.start":
                 status.append(message["status"])
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                # Count the call as finished before its last byte leaves, so a client that has
+                # read the whole response never sees it still in flight.
+                ended = True
+                stats.end(kid, counted, status[0] if status else None)
             await send(message)
 
-        stats = self.state.stats
         stats.begin(kid, "/files" if path.startswith("/files/") else path, counted)
         try:
             await self.app(scope, receive, send_and_note)
         finally:
-            stats.end(kid, counted, status[0] if status else None)
+            if not ended:
+                stats.end(kid, counted, status[0] if status else None)
 
 
 def _error(
