@@ -61,6 +61,8 @@ async def run_batch_engine(args: argparse.Namespace, work_dir: Path) -> dict:
         store_url=f"file://{work_dir / 'images'}",
         spool_dir=work_dir / "spool",
         out_dir=work_dir / "out",
+        make_compressed=not args.no_derivatives,
+        make_thumbnail=not args.no_derivatives,
     )
     engine = BatchEngine(settings)
     batch_id = engine.create_batch(bench_rows(args.rows, args.aspect_ratio, args.size))
@@ -155,6 +157,7 @@ def child_argv(script: str, side: str, args: argparse.Namespace, base_url: str, 
         args.aspect_ratio,
         "--size",
         args.size,
+        *(["--no-derivatives"] if args.no_derivatives else []),
     ]
 
 
@@ -171,6 +174,7 @@ def measure(args: argparse.Namespace, *, script: str = __file__) -> dict:
         "size": args.size,
         "aspect_ratio": args.aspect_ratio,
         "realistic": not args.not_realistic,
+        "derivatives": not args.no_derivatives,
         "ideal_rows_per_s": ideal_rows_per_s,
         "sides": {},
     }
@@ -255,6 +259,11 @@ def add_common_arguments(
     parser.add_argument("--aspect-ratio", default=aspect_ratio)
     parser.add_argument("--not-realistic", action="store_true", help="tiny flat images (smoke runs)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
+    parser.add_argument(
+        "--no-derivatives",
+        action="store_true",
+        help="bananaline side: store the original only (no compressed copy, no thumbnail)",
+    )
     parser.add_argument("--child", choices=SIDES, help=argparse.SUPPRESS)
     parser.add_argument("--base-url", help=argparse.SUPPRESS)
     parser.add_argument("--work-dir", help=argparse.SUPPRESS)

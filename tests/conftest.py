@@ -19,7 +19,7 @@ os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
 def _isolated_workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """Run each test in its own directory so out/, data/ and bananaline.db never collide."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("BANANALINE_CONFIG", str(tmp_path / "no-such-bananaline.toml"))
+    monkeypatch.delenv("BANANALINE_CONFIG", raising=False)
     yield tmp_path
 
 

@@ -34,7 +34,7 @@ EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 def main(
     config: Annotated[
         Path | None,
-        typer.Option("--config", envvar="BANANALINE_CONFIG", help="TOML config file (default ./bananaline.toml)."),
+        typer.Option("--config", help="TOML config file (default ./bananaline.toml)."),
     ] = None,
 ) -> None:
     """Settings come from flags, then BANANALINE_* variables, then the config file, then defaults."""

@@ -7,7 +7,6 @@ import io
 import json
 import logging
 
-import pytest
 from python_calamine import CalamineWorkbook
 from typer.testing import CliRunner
 
@@ -18,12 +17,6 @@ from .conftest import png_bytes
 ALICE_KEY = "alice-secret-key-7f3a9c"
 DEFAULT_KEY = "default-secret-key-55e1b0"
 runner = CliRunner()
-
-
-@pytest.fixture(autouse=True)
-def _no_settings_file(monkeypatch):
-    """The top-level ``--config`` reads BANANALINE_CONFIG and refuses a missing file."""
-    monkeypatch.delenv("BANANALINE_CONFIG", raising=False)
 
 
 def _invoke(*args: str):

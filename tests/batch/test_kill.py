@@ -28,7 +28,7 @@ ROWS = 40
 
 def _run_cli(tmp_path: Path, sim, db_url: str, store_url: str) -> subprocess.Popen:
     env = {
-        **{k: v for k, v in os.environ.items() if k != "BANANALINE_CONFIG"},
+        **os.environ,
         "BANANALINE_API_KEY": "kill-test-key-0001",
         "BANANALINE_BACKOFF_INITIAL_S": "0.01",
         "BANANALINE_SPOOL_DIR": str(tmp_path / "spool"),

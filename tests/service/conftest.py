@@ -114,7 +114,9 @@ def service_log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 @pytest.fixture(scope="session")
-def service(simulator: Any, service_log: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService]:
+def service(
+    simulator: Any, service_log: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningService]:
     root = tmp_path_factory.mktemp("service")
     running = RunningService(service_settings(root, simulator.base_url)).start()
     yield running

@@ -58,7 +58,8 @@ def test_google_genai_sdk_edit_with_inline_reference(service, sim):
         model="gemini-3.1-flash-image-preview",
         contents=[types.Part.from_bytes(data=reference, mime_type="image/png"), "make it blue"],
         config=types.GenerateContentConfig(
-            response_modalities=["IMAGE"], image_config=types.ImageConfig(aspect_ratio="1:1", image_size="512")
+            response_modalities=["IMAGE"],
+            image_config=types.ImageConfig(aspect_ratio="1:1", image_size="512"),
         ),
     )
     part = next(p for p in response.candidates[0].content.parts if p.inline_data)
@@ -74,9 +75,9 @@ def test_google_genai_sdk_sees_google_shaped_errors(service, sim):
     client = _genai(service, token)
     with pytest.raises(genai_errors.ClientError) as refused:
         client.models.generate_content(
-            model="gemini-3-pro-image-preview", contents="bad ratio", config=types.GenerateContentConfig(
-                image_config=types.ImageConfig(aspect_ratio="7:3")
-            ),
+            model="gemini-3-pro-image-preview",
+            contents="bad ratio",
+            config=types.GenerateContentConfig(image_config=types.ImageConfig(aspect_ratio="7:3")),
         )
     assert refused.value.code == 422
     assert "invalid_input" in refused.value.message
@@ -161,10 +162,15 @@ def test_openai_sdk_images_generate_b64_and_url(service, sim):
     token = service.add_caller()
     client = _openai(service, token)
     as_b64 = client.images.generate(
-        model="gemini-3-pro-image-preview", prompt="a banana poster", size="1792x1024", response_format="b64_json"
+        model="gemini-3-pro-image-preview",
+        prompt="a banana poster",
+        size="1792x1024",
+        response_format="b64_json",
     )
     assert image_size(base64.b64decode(as_b64.data[0].b64_json)) == (1376, 768)
-    as_url = client.images.generate(model="gemini-2.5-flash-image", prompt="a banana icon", size="1024x1024", n=2)
+    as_url = client.images.generate(
+        model="gemini-2.5-flash-image", prompt="a banana icon", size="1024x1024", n=2
+    )
     assert len(as_url.data) == 2
     for datum in as_url.data:
         fetched = httpx.get(datum.url, trust_env=False)

@@ -29,7 +29,7 @@ def test_json_rows_run_to_per_row_results_and_export(service, sim):
         {"prompt": "banana one", "aspect_ratio": "1:1"},
         {"prompt": "banana two", "aspect_ratio": "16:9", "size": "2K"},
         {"prompt": "refused [sim fault=prompt_blocked]"},
-        {"prompt": "=HYPERLINK(\"http://evil\",\"x\")"},
+        {"prompt": '=HYPERLINK("http://evil","x")'},
     ]
     with service.client(token) as http:
         submitted = http.post("/v1/jobs", json={"rows": rows, "name": "json batch"})
@@ -91,16 +91,22 @@ def test_bad_uploads_and_rows_are_422(service, sim):
     png = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
     with service.client(token) as http:
         not_sheet = http.post("/v1/jobs/upload", files={"file": ("cat.png", png, "image/png")})
-        fake_xlsx = http.post("/v1/jobs/upload", files={"file": ("x.xlsx", b"PK\x03\x04garbage", "application/zip")})
+        fake_xlsx = http.post(
+            "/v1/jobs/upload", files={"file": ("x.xlsx", b"PK\x03\x04garbage", "application/zip")}
+        )
         empty = http.post("/v1/jobs/upload", files={"file": ("x.csv", b"", "text/csv")})
         no_prompt_column = http.post("/v1/jobs", json={"rows": [{"text": "x"}]})
         no_rows = http.post("/v1/jobs", json={"rows": []})
         bad_columns = http.post(
-            "/v1/jobs/upload", files={"file": ("x.csv", b"prompt\nx\n", "text/csv")}, data={"columns": "{nope"}
+            "/v1/jobs/upload",
+            files={"file": ("x.csv", b"prompt\nx\n", "text/csv")},
+            data={"columns": "{nope"},
         )
         too_big = http.post(
             "/v1/jobs/upload",
-            files={"file": ("big.csv", b"prompt\n" + b"x" * (service.settings.max_upload_bytes + 1), "text/csv")},
+            files={
+                "file": ("big.csv", b"prompt\n" + b"x" * (service.settings.max_upload_bytes + 1), "text/csv")
+            },
         )
     for response in (not_sheet, fake_xlsx, empty, no_prompt_column, no_rows, bad_columns):
         assert response.status_code == 422, response.text

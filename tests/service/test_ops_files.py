@@ -32,7 +32,10 @@ def test_metrics_cover_requests_latency_errors_images_cost_and_in_flight(service
         http.post("/v1/plugin/generate", json={"cleantext": "no [sim fault=prompt_blocked]"})
         text = http.get("/metrics").text
     assert 'bananaline_http_requests_total{method="POST",route="/v1/plugin/generate",status="200"}' in text
-    assert 'bananaline_generation_duration_seconds_bucket{image_size="default",le="0.5",model="gemini-3-pro-image-preview"}' in text
+    assert (
+        'bananaline_generation_duration_seconds_bucket{image_size="default",le="0.5",model="gemini-3-pro-image-preview"}'
+        in text
+    )
     assert 'bananaline_generation_errors_total{kind="prompt_blocked"}' in text
     assert 'bananaline_images_total{caller="metrics-caller"} 1.0' in text
     assert 'bananaline_cost_usd_total{caller="metrics-caller"} 0.134' in text
@@ -105,15 +108,26 @@ def test_openapi_imports_cleanly(service, tmp_path):
     ids = [op.get("operationId") for op in operations]
     assert all(ids) and len(ids) == len(set(ids))
     body = served["components"]["schemas"]["PluginRequest"]
-    assert set(body["properties"]) == {"cleantext", "fileurls", "aspect_ratio", "resolution", "apikey", "model"}
+    assert set(body["properties"]) == {
+        "cleantext",
+        "fileurls",
+        "aspect_ratio",
+        "resolution",
+        "apikey",
+        "model",
+    }
     for name, prop in body["properties"].items():
         assert prop.get("type") in {"string", "array"}, name
         assert any("\u4e00" <= ch <= "\u9fff" for ch in prop["description"]), name
         assert any(ch.isascii() and ch.isalpha() for ch in prop["description"]), name
     response = served["components"]["schemas"]["PluginResponse"]
-    assert {"analysis", "url", "error", "error_kind", "warnings", "task_id", "status"} <= set(response["properties"])
+    assert {"analysis", "url", "error", "error_kind", "warnings", "task_id", "status"} <= set(
+        response["properties"]
+    )
     assert '"type": "null"' not in str(served).replace("'", '"')
     # servers come from the public base URL setting
-    settings = service_settings(tmp_path, "http://127.0.0.1:9", public_base_url="https://img.example.com/banana")
+    settings = service_settings(
+        tmp_path, "http://127.0.0.1:9", public_base_url="https://img.example.com/banana"
+    )
     schema = create_app(settings).openapi()
     assert schema["servers"][0]["url"] == "https://img.example.com/banana"

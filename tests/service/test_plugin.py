@@ -71,7 +71,9 @@ def test_no_token_and_no_apikey_is_401_and_nothing_goes_upstream(service, sim):
     with service.client() as http:
         response = http.post("/v1/plugin/generate", json=_body("who am I"))
         bad_token = http.post(
-            "/v1/plugin/generate", json=_body("who am I"), headers={"Authorization": "Bearer bl_not-a-real-token-1234"}
+            "/v1/plugin/generate",
+            json=_body("who am I"),
+            headers={"Authorization": "Bearer bl_not-a-real-token-1234"},
         )
     assert response.status_code == 401
     assert response.headers["www-authenticate"] == "Bearer"
@@ -139,7 +141,9 @@ def test_bad_input_is_a_clear_4xx_before_any_upstream_call(service, sim, payload
 def test_ssrf_to_loopback_is_refused(service, sim):
     token = service.add_caller()
     with service.client(token) as http:
-        response = http.post("/v1/plugin/generate", json=_body("x", fileurls=[f"{sim.base_url}/anything.png"]))
+        response = http.post(
+            "/v1/plugin/generate", json=_body("x", fileurls=[f"{sim.base_url}/anything.png"])
+        )
     assert response.status_code == 422
     assert response.json()["error_kind"] == "reference_error"
     assert "blocked_address" in response.json()["error"]
@@ -149,7 +153,9 @@ def test_ssrf_to_loopback_is_refused(service, sim):
 def test_malformed_json_and_wrong_types_are_422(service, sim):
     token = service.add_caller()
     with service.client(token) as http:
-        broken = http.post("/v1/plugin/generate", content=b'{"cleantext": "x",', headers={"content-type": "application/json"})
+        broken = http.post(
+            "/v1/plugin/generate", content=b'{"cleantext": "x",', headers={"content-type": "application/json"}
+        )
         wrong = http.post("/v1/plugin/generate", json={"cleantext": ["a"], "fileurls": 5})
         not_object = http.post("/v1/plugin/generate", json=[1, 2])
     assert broken.status_code == 422 and "not valid JSON" in broken.json()["error"]

@@ -34,7 +34,8 @@ from .usage import UsageRepository
 
 log = get_logger("bananaline.service")
 
-DESCRIPTION = """bananaline 图片生成服务：工作流插件节点（Coze / Dify / n8n / 飞书）、兼容 Gemini 与 OpenAI SDK 的网关、批量任务接口。
+DESCRIPTION = """bananaline 图片生成服务：工作流插件节点（Coze / Dify / n8n / 飞书）、
+兼容 Gemini 与 OpenAI SDK 的网关、批量任务接口。
 The bananaline image service: a workflow plugin node, a Gemini/OpenAI-compatible gateway and a jobs API."""
 
 

@@ -17,7 +17,9 @@ callers_app = typer.Typer(no_args_is_help=True, help="Callers of the HTTP servic
 err = Console(stderr=True)
 out = Console()
 
-DbOption = Annotated[str | None, typer.Option("--db", help="Database URL (default: BANANALINE_DB_URL or sqlite).")]
+DbOption = Annotated[
+    str | None, typer.Option("--db", help="Database URL (default: BANANALINE_DB_URL or sqlite).")
+]
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -41,10 +43,13 @@ def serve(
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     db: DbOption = None,
     store: Annotated[str | None, typer.Option("--store", help="Store URL (file://, s3://, oss://).")] = None,
-    root_path: Annotated[str, typer.Option("--root-path", help="Path prefix when served behind a proxy.")] = "",
+    root_path: Annotated[
+        str, typer.Option("--root-path", help="Path prefix when served behind a proxy.")
+    ] = "",
     workers: Annotated[int, typer.Option(help="uvicorn worker processes.")] = 1,
     public_base_url: Annotated[
-        str | None, typer.Option("--public-base-url", help="Absolute URL clients reach us at (links, OpenAPI servers).")
+        str | None,
+        typer.Option("--public-base-url", help="Absolute URL clients reach us at (links, OpenAPI servers)."),
     ] = None,
     forwarded_allow_ips: Annotated[
         str, typer.Option(help="Proxies trusted for X-Forwarded-* headers (comma list or *).")
@@ -62,7 +67,9 @@ def serve(
     settings = Settings()
     upgrade(settings.db_url)
     if settings.secret_key is None:
-        err.print("[yellow]BANANALINE_SECRET_KEY is not set: callers cannot have their own upstream keys.[/yellow]")
+        err.print(
+            "[yellow]BANANALINE_SECRET_KEY is not set: callers cannot have their own upstream keys.[/yellow]"
+        )
     err.print(f"bananaline service on http://{host}:{port}{root_path}  (OpenAPI: {root_path}/openapi.json)")
     uvicorn.run(
         "bananaline.service.app:app_from_environment",
@@ -82,14 +89,17 @@ def serve(
 def callers_add(
     name: Annotated[str, typer.Argument(help="Caller name, unique.")],
     api_key_env: Annotated[
-        str | None, typer.Option("--api-key-env", help="Read the caller's upstream key from this env variable.")
+        str | None,
+        typer.Option("--api-key-env", help="Read the caller's upstream key from this env variable."),
     ] = None,
     api_key: Annotated[
         str | None, typer.Option("--api-key", help="The caller's upstream key (prefer --api-key-env).")
     ] = None,
     concurrency: Annotated[int, typer.Option(min=1, help="Concurrent generations.")] = 4,
     rpm: Annotated[int | None, typer.Option(min=1, help="Requests per minute.")] = None,
-    budget_usd: Annotated[float | None, typer.Option("--budget-usd", min=0, help="Total spend allowed.")] = None,
+    budget_usd: Annotated[
+        float | None, typer.Option("--budget-usd", min=0, help="Total spend allowed.")
+    ] = None,
     db: DbOption = None,
 ) -> None:
     """Create a caller and print its service token. The token is shown once and stored only as a hash."""
@@ -104,7 +114,9 @@ def callers_add(
             raise typer.Exit(2)
     callers, _, engine = _repositories(db)
     try:
-        info, token = callers.add(name, upstream_key=key, concurrency=concurrency, rpm=rpm, budget_usd=budget_usd)
+        info, token = callers.add(
+            name, upstream_key=key, concurrency=concurrency, rpm=rpm, budget_usd=budget_usd
+        )
     except (CallerExists, SecretKeyMissing, ValueError) as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
@@ -198,7 +210,8 @@ def usage(
                 err.print(f"[red]{exc}[/red]")
                 raise typer.Exit(2) from None
         report = [
-            {"caller": info.name, **usage_repo.summary(info.id, since=since_s, until=until_s)} for info in infos
+            {"caller": info.name, **usage_repo.summary(info.id, since=since_s, until=until_s)}
+            for info in infos
         ]
         if caller is None:
             anonymous = usage_repo.summary(None, since=since_s, until=until_s)
@@ -223,7 +236,13 @@ def usage(
     span = " → ".join(_when(t) for t in (since_s, until_s))
     table = Table("caller", "requests", "ok", "images", "cost USD", title=f"usage {span}")
     for row in report:
-        table.add_row(row["caller"], str(row["requests"]), str(row["succeeded"]), str(row["images"]), f"{row['cost_usd']:.4f}")
+        table.add_row(
+            row["caller"],
+            str(row["requests"]),
+            str(row["succeeded"]),
+            str(row["images"]),
+            f"{row['cost_usd']:.4f}",
+        )
     out.print(table)
 
 

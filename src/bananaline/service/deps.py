@@ -76,7 +76,8 @@ def unauthorized(message: str | None = None) -> ServiceError:
         message
         or "authentication required: send Authorization: Bearer <service token> (or your own upstream key "
         "in the apikey field / x-goog-api-key header)",
-        "需要认证：请在 Authorization: Bearer 中携带服务令牌（或在 apikey 字段 / x-goog-api-key 头中携带自己的上游密钥）",
+        "需要认证：请在 Authorization: Bearer 中携带服务令牌"
+        "（或在 apikey 字段 / x-goog-api-key 头中携带自己的上游密钥）",
         headers={"WWW-Authenticate": "Bearer"},
     )
 

@@ -86,7 +86,8 @@ class GenerationService:
                     ErrorKind.NO_API_KEY,
                     message="No upstream key for this caller: the operator must set one "
                     "(bananaline callers add NAME --api-key-env VAR) or send the apikey field",
-                    message_zh="该调用方没有上游密钥：请管理员配置（bananaline callers add NAME --api-key-env VAR），"
+                    message_zh="该调用方没有上游密钥：请管理员配置"
+                    "（bananaline callers add NAME --api-key-env VAR），"
                     "或在请求中传 apikey",
                     request_sent=False,
                 )
@@ -241,7 +242,8 @@ def check_reference_source(reference: str) -> None:
     raise GenerationError(
         ErrorKind.REFERENCE_ERROR,
         detail="blocked_address",
-        message=f"A reference image could not be used: only http(s) URLs and data: URIs are accepted, got {shown!r}",
+        message="A reference image could not be used: only http(s) URLs and data: URIs are accepted, "
+        f"got {shown!r}",
         message_zh=f"参考图无法使用：只接受 http(s) 链接或 data: URI，收到 {shown!r}",
         request_sent=False,
     )

@@ -3,7 +3,8 @@
 One table maps a bananaline error kind to an HTTP status; the body follows the caller's
 protocol so its SDK can read it:
 
-* ``/v1beta/…``, ``/v1/models/…`` (Gemini native): ``{"error": {"code", "message", "status", "details": [ErrorInfo]}}``
+* ``/v1beta/…``, ``/v1/models/…`` (Gemini native):
+  ``{"error": {"code", "message", "status", "details": [ErrorInfo]}}``
   with ``reason`` = the bananaline kind;
 * ``/v1/chat/…``, ``/v1/images/…`` (OpenAI): ``{"error": {"message", "type", "param", "code"}}``
   with ``code`` = the kind;

@@ -31,7 +31,9 @@ def build_batch_engine(state: AppState) -> BatchEngine:
 
 def _keyring(state: AppState, caller: Caller) -> KeyRing:
     key = caller.upstream_key or state.settings.api_key
-    entry = CallerKey(api_key=key, concurrency=caller.concurrency, rpm=float(caller.rpm) if caller.rpm else None)
+    entry = CallerKey(
+        api_key=key, concurrency=caller.concurrency, rpm=float(caller.rpm) if caller.rpm else None
+    )
     return KeyRing({}, default=entry, fallback_to_default=True)
 
 
@@ -76,7 +78,9 @@ def start_run(state: AppState, caller: Caller, batch_id: str, *, reserved_usd: f
         except Exception as exc:  # noqa: BLE001 - a crashed run must still be accounted and logged
             log.error("batch_run_failed", batch_id=batch_id, error=type(exc).__name__)
         finally:
-            await asyncio.shield(_account(state, engine, caller, batch_id, before_usd, before_images, reserved_usd))
+            await asyncio.shield(
+                _account(state, engine, caller, batch_id, before_usd, before_images, reserved_usd)
+            )
 
     task = asyncio.create_task(run(), name=f"bananaline-batch-{batch_id}")
     runs[batch_id] = task

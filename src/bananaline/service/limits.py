@@ -53,7 +53,8 @@ class CallerLimiter:
         if committed + estimate_usd > budget_usd + 1e-9:
             raise GenerationError(
                 ErrorKind.BUDGET_EXCEEDED,
-                detail=f"spent {committed:.4f} of {budget_usd:.4f} USD; this request needs about {estimate_usd:.4f}",
+                detail=f"spent {committed:.4f} of {budget_usd:.4f} USD; "
+                f"this request needs about {estimate_usd:.4f}",
                 request_sent=False,
             )
         self._reserved_usd[caller_id] += estimate_usd

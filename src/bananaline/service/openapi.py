@@ -75,7 +75,8 @@ def install_openapi(app: FastAPI, settings: Settings) -> None:
             "serviceToken": {
                 "type": "http",
                 "scheme": "bearer",
-                "description": "服务令牌 bl_…（bananaline callers add 生成）。Service token from `bananaline callers add`.",
+                "description": "服务令牌 bl_…（bananaline callers add 生成）。"
+                "Service token from `bananaline callers add`.",
             }
         }
         schema["security"] = [{"serviceToken": []}, {}]

@@ -102,7 +102,7 @@ class UsageRepository:
             .order_by(*group_cols)
         )
         errors_query = (
-            select(u.c.error_kind, func.count().label("count"))
+            select(u.c.error_kind, func.count().label("failures"))
             .where(*conditions, u.c.error_kind.is_not(None))
             .group_by(u.c.error_kind)
             .order_by(u.c.error_kind)
@@ -129,7 +129,7 @@ class UsageRepository:
             "succeeded": sum(r["succeeded"] for r in by_model),
             "images": sum(r["images"] for r in by_model),
             "cost_usd": round(sum(r["cost_usd"] for r in by_model), 6),
-            "errors": {row.error_kind: int(row.count) for row in error_rows},
+            "errors": {row.error_kind: int(row.failures) for row in error_rows},
             "by_model": by_model,
         }
 

@@ -170,7 +170,9 @@ async def generate_content(model: str, body: GenerateContentRequest, request: Re
     return JSONResponse(_response(result), headers=_headers(result))
 
 
-async def stream_generate_content(model: str, body: GenerateContentRequest, request: Request) -> StreamingResponse:
+async def stream_generate_content(
+    model: str, body: GenerateContentRequest, request: Request
+) -> StreamingResponse:
     result = await generate(request, _to_generation_request(model, body), source="gateway_gemini")
     payload = json.dumps(_response(result))
     sse = request.query_params.get("alt") == "sse"

@@ -250,7 +250,8 @@ def _bad_size(size: str) -> ServiceError:
     return ServiceError(
         400,
         ErrorKind.INVALID_INPUT.value,
-        f"size {size[:40]!r} is not understood: use WIDTHxHEIGHT, 512/1K/2K/4K, a ratio such as 16:9, or auto",
+        f"size {size[:40]!r} is not understood: "
+        "use WIDTHxHEIGHT, 512/1K/2K/4K, a ratio such as 16:9, or auto",
         f"无法识别 size {size[:40]!r}：请用 宽x高、512/1K/2K/4K、如 16:9 的宽高比，或 auto",
     )
 

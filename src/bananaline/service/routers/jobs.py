@@ -43,7 +43,9 @@ class Columns(BaseModel):
     aspect_ratio: str | None = Field(None, max_length=200)
     size: str | None = Field(None, max_length=200)
     n: str | None = Field(None, max_length=200)
-    template: str | None = Field(None, max_length=5000, description="Jinja2 prompt template over the row's columns")
+    template: str | None = Field(
+        None, max_length=5000, description="Jinja2 prompt template over the row's columns"
+    )
     default_model: str | None = Field(None, max_length=200)
     default_aspect_ratio: str | None = Field(None, max_length=16)
     default_size: str | None = Field(None, max_length=16)
@@ -96,8 +98,12 @@ def _cell(value: Any) -> str:
 
 
 async def _create_and_start(
-    request: Request, principal: Principal, rows: list[dict[str, str]], header: list[str] | None,
-    columns: ColumnConfig, name: str | None,
+    request: Request,
+    principal: Principal,
+    rows: list[dict[str, str]],
+    header: list[str] | None,
+    columns: ColumnConfig,
+    name: str | None,
 ) -> JSONResponse:
     state = get_state(request)
     caller = principal.caller
@@ -120,7 +126,9 @@ async def _create_and_start(
         raise _invalid(str(exc)) from None
     started = await _start(request, principal, batch_id)
     info = await asyncio.to_thread(state.batches.status, batch_id, owner=caller.id)
-    return JSONResponse({"batch_id": batch_id, "started": started, "batch": info.info.to_dict()}, status_code=202)
+    return JSONResponse(
+        {"batch_id": batch_id, "started": started, "batch": info.info.to_dict()}, status_code=202
+    )
 
 
 async def _start(request: Request, principal: Principal, batch_id: str) -> bool:
@@ -144,7 +152,11 @@ async def _start(request: Request, principal: Principal, batch_id: str) -> bool:
     summary="提交批量任务（JSON 行） / Submit a batch as JSON rows",
     status_code=202,
     response_model=Submitted,
-    responses={401: {"description": "service token required"}, 402: {"description": "budget"}, 422: {"description": "bad rows"}},
+    responses={
+        401: {"description": "service token required"},
+        402: {"description": "budget"},
+        422: {"description": "bad rows"},
+    },
 )
 async def submit_rows(
     body: JobSubmission, request: Request, principal: Principal = Depends(require_caller)
@@ -168,13 +180,19 @@ def _sniff_format(filename: str, data: bytes) -> Literal["csv", "xlsx", "jsonl"]
     summary="提交批量任务（上传 CSV/XLSX） / Submit a batch as a CSV/XLSX/JSONL upload",
     status_code=202,
     response_model=Submitted,
-    responses={401: {"description": "service token required"}, 413: {"description": "too large"}, 422: {"description": "not a sheet"}},
+    responses={
+        401: {"description": "service token required"},
+        413: {"description": "too large"},
+        422: {"description": "not a sheet"},
+    },
 )
 async def submit_file(
     request: Request,
     file: UploadFile = File(..., description="CSV (UTF-8/GB18030), XLSX or JSONL"),
     name: str | None = Form(None, max_length=200),
-    columns: str | None = Form(None, max_length=10_000, description="JSON object mapping roles to column names"),
+    columns: str | None = Form(
+        None, max_length=10_000, description="JSON object mapping roles to column names"
+    ),
     principal: Principal = Depends(require_caller),
 ) -> JSONResponse:
     data = await file.read()
@@ -192,12 +210,16 @@ async def submit_file(
         try:
             mapping = Columns.model_validate(json.loads(columns))
         except (ValueError, ValidationError):
-            raise _invalid("columns must be a JSON object such as {\"prompt\": \"提示词\"}") from None
+            raise _invalid('columns must be a JSON object such as {"prompt": "提示词"}') from None
     rows = [{k: v for k, v in row.items()} for row in table.rows]
-    return await _create_and_start(request, principal, rows, table.header, _column_config(mapping), name or file.filename)
+    return await _create_and_start(
+        request, principal, rows, table.header, _column_config(mapping), name or file.filename
+    )
 
 
-@router.get("/v1/jobs", operation_id="list_jobs", summary="我的批量任务 / List my batches", response_model=BatchList)
+@router.get(
+    "/v1/jobs", operation_id="list_jobs", summary="我的批量任务 / List my batches", response_model=BatchList
+)
 async def list_jobs(request: Request, principal: Principal = Depends(require_caller)) -> dict[str, Any]:
     state = get_state(request)
     assert state.batches is not None
@@ -243,7 +265,9 @@ async def _status(request: Request, batch_id: str, owner: str | None, *, preview
     summary="批量任务状态与逐行结果 / Batch status with per-row results",
     responses={404: {"description": "unknown batch, or another caller's"}},
 )
-async def get_job(batch_id: str, request: Request, principal: Principal = Depends(require_caller)) -> dict[str, Any]:
+async def get_job(
+    batch_id: str, request: Request, principal: Principal = Depends(require_caller)
+) -> dict[str, Any]:
     status = await _status(request, batch_id, principal.owner)
     runs = get_state(request).batch_runs or {}
     return {**status.to_dict(), "running_here": batch_id in runs}
@@ -254,7 +278,14 @@ async def get_job(batch_id: str, request: Request, principal: Principal = Depend
     operation_id="export_job",
     summary="导出结果表 / Export the sheet with result columns",
     response_class=Response,
-    responses={200: {"content": {"text/csv": {}, "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet": {}}}},
+    responses={
+        200: {
+            "content": {
+                "text/csv": {},
+                "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet": {},
+            }
+        }
+    },
 )
 async def export_job(
     batch_id: str,
@@ -266,7 +297,9 @@ async def export_job(
 
     def render() -> bytes:
         header, rows = output_rows(status.header, status.rows)
-        previews = [row.previews[0] if row.previews else None for row in status.rows] if format == "xlsx" else None
+        previews = (
+            [row.previews[0] if row.previews else None for row in status.rows] if format == "xlsx" else None
+        )
         return write_table(header, rows, format, previews=previews)
 
     payload = await asyncio.to_thread(render)
@@ -286,7 +319,9 @@ async def export_job(
     response_model=Changed,
     responses={404: {"description": "unknown batch, or another caller's"}, 402: {"description": "budget"}},
 )
-async def retry_job(batch_id: str, request: Request, principal: Principal = Depends(require_caller)) -> dict[str, Any]:
+async def retry_job(
+    batch_id: str, request: Request, principal: Principal = Depends(require_caller)
+) -> dict[str, Any]:
     state = get_state(request)
     assert state.batches is not None
     await _status(request, batch_id, principal.owner)
@@ -302,7 +337,9 @@ async def retry_job(batch_id: str, request: Request, principal: Principal = Depe
     response_model=Changed,
     responses={404: {"description": "unknown batch, or another caller's"}},
 )
-async def cancel_job(batch_id: str, request: Request, principal: Principal = Depends(require_caller)) -> dict[str, Any]:
+async def cancel_job(
+    batch_id: str, request: Request, principal: Principal = Depends(require_caller)
+) -> dict[str, Any]:
     state = get_state(request)
     assert state.batches is not None
     await _status(request, batch_id, principal.owner)

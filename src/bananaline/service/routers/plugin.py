@@ -46,7 +46,8 @@ class PluginRequest(BaseModel):
     cleantext: str = Field(
         min_length=1,
         max_length=20000,
-        description="提示词：要生成的画面，或如何修改参考图。Prompt: what to draw, or how to edit the reference images.",
+        description="提示词：要生成的画面，或如何修改参考图。"
+        "Prompt: what to draw, or how to edit the reference images.",
     )
     fileurls: list[str] = Field(
         default_factory=list,
@@ -57,12 +58,14 @@ class PluginRequest(BaseModel):
     aspect_ratio: str = Field(
         "",
         max_length=16,
-        description="宽高比，如 1:1、16:9、9:16、21:9；留空由模型决定。Aspect ratio such as 1:1, 16:9, 9:16; empty = model default.",
+        description="宽高比，如 1:1、16:9、9:16、21:9；留空由模型决定。"
+        "Aspect ratio such as 1:1, 16:9, 9:16; empty = model default.",
     )
     resolution: str = Field(
         "",
         max_length=16,
-        description="分辨率：512、1K、2K 或 4K（视模型而定）；留空为 1K。Image size: 512, 1K, 2K or 4K (depends on the model); empty = 1K.",
+        description="分辨率：512、1K、2K 或 4K（视模型而定）；留空为 1K。"
+        "Image size: 512, 1K, 2K or 4K (depends on the model); empty = 1K.",
     )
     apikey: str = Field(
         "",
@@ -97,15 +100,18 @@ class PluginResponse(BaseModel):
     """The seed plugin's outputs plus what a workflow needs to branch and to poll."""
 
     analysis: str = Field(
-        description="结果：图片生成成功 / 图片生成失败 / 图片生成中。Outcome: success / failure / still running."
+        description="结果：图片生成成功 / 图片生成失败 / 图片生成中。"
+        "Outcome: success / failure / still running."
     )
     url: str = Field(description="第一张图片的链接，失败时为空。URL of the first image; empty on failure.")
     urls: list[str] = Field(description="全部图片链接。All image URLs.")
     error: str = Field(
-        description="失败原因（中文 / English），成功时为空。Why it failed, in Chinese and English; empty on success."
+        description="失败原因（中文 / English），成功时为空。"
+        "Why it failed, in Chinese and English; empty on success."
     )
     error_kind: str = Field(
-        description="稳定的错误类型，如 prompt_blocked、rate_limited。Stable error kind, e.g. prompt_blocked, rate_limited."
+        description="稳定的错误类型，如 prompt_blocked、rate_limited。"
+        "Stable error kind, e.g. prompt_blocked, rate_limited."
     )
     warnings: list[str] = Field(
         description="输出检查警告，如 size_mismatch。Output-check warnings, e.g. size_mismatch."
@@ -193,7 +199,8 @@ _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     "/v1/plugin/generate",
     operation_id="generate_image",
     summary="生成或编辑图片 / Generate or edit an image",
-    description="文生图（无参考图）或图生图（有参考图）。最长等待 plugin_wait_s 秒，超时返回 task_id 与 status=running，"
+    description="文生图（无参考图）或图生图（有参考图）。最长等待 plugin_wait_s 秒，"
+    "超时返回 task_id 与 status=running，"
     "之后用 GET /v1/tasks/{task_id} 查询。Text-to-image, or image edit when fileurls are given. Waits up to "
     "plugin_wait_s seconds, then answers status=running with a task_id to poll.",
     response_model=PluginResponse,
