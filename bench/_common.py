@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 
 BENCH_DIR = Path(__file__).resolve().parent
 API_KEY = "bench-key-not-secret"
@@ -124,6 +125,12 @@ class SimulatorProcess:
     def stats(self) -> dict[str, Any]:
         return dict(self._http.get("/_sim/stats").json())
 
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system) the simulator process has used so far."""
+        assert self._proc is not None
+        times = psutil.Process(self._proc.pid).cpu_times()
+        return float(times.user + times.system)
+
     def reset(self) -> None:
         self._http.post("/_sim/reset").raise_for_status()
 
@@ -170,11 +177,13 @@ def gemini_request_body(prompt: str, aspect_ratio: str, image_size: str) -> dict
 
 @dataclass
 class ChildResult:
-    """One measured child: its exit code, kernel-reported peak RSS, wall time and JSON report."""
+    """One measured child: its exit code, kernel-reported peak RSS and CPU time, wall time and
+    JSON report."""
 
     returncode: int
     peak_rss_mb: float
     process_wall_s: float
+    cpu_s: float
     report: dict[str, Any] = field(default_factory=dict)
     stderr_tail: str = ""
 
@@ -215,7 +224,8 @@ def run_child(argv: Sequence[str], *, cwd: Path, timeout_s: float = 1800.0) -> C
             report = json.loads(lines[-1])
         except json.JSONDecodeError:
             stderr_tail = "\n".join(lines[-5:]) + "\n" + stderr_tail
-    return ChildResult(proc.returncode, usage.ru_maxrss / 1024.0, wall_s, report, stderr_tail)
+    cpu_s = usage.ru_utime + usage.ru_stime
+    return ChildResult(proc.returncode, usage.ru_maxrss / 1024.0, wall_s, cpu_s, report, stderr_tail)
 
 
 def check_child(result: ChildResult, what: str) -> None:

@@ -183,10 +183,12 @@ def measure(args: argparse.Namespace, *, script: str = __file__) -> dict:
         for side in args.sides:
             sim.reset()
             load_before = common.load_line()
+            sim_cpu_before_s = sim.cpu_s()
             with tempfile.TemporaryDirectory(prefix="bench-batch-") as tmp:
                 result = common.run_child(child_argv(script, side, args, sim.base_url, tmp), cwd=Path(tmp))
             common.check_child(result, side)
             stats = sim.stats()
+            sim_cpu_s = sim.cpu_s() - sim_cpu_before_s
             report = result.report
             rows_per_s = report["rows_done"] / report["elapsed_s"]
             figures["sides"][side] = {
@@ -198,6 +200,8 @@ def measure(args: argparse.Namespace, *, script: str = __file__) -> dict:
                 "rows_per_s": rows_per_s,
                 "fraction_of_ideal": rows_per_s / ideal_rows_per_s if ideal_rows_per_s else None,
                 "peak_rss_mb": result.peak_rss_mb,
+                "child_cpu_s": result.cpu_s,
+                "simulator_cpu_s": sim_cpu_s,
                 "rss_after_import_mb": report["rss_after_import_mb"],
                 "simulator_requests": stats["requests_total"],
                 "simulator_max_in_flight": stats["max_in_flight"],
@@ -216,7 +220,9 @@ def render(figures: dict) -> str:
         "rows/s",
         "of ideal",
         "peak RSS (MB)",
+        "client CPU per row (ms)",
         "simulator max in flight",
+        "simulator CPU (s)",
         "process wall (s)",
     ]
     rows = []
@@ -230,7 +236,9 @@ def render(figures: dict) -> str:
                 f"{data['rows_per_s']:.1f}",
                 f"{fraction:.2f}" if fraction is not None else "n/a",
                 f"{data['peak_rss_mb']:.0f}",
+                f"{1000 * data['child_cpu_s'] / max(1, data['rows_done']):.0f}",
                 data["simulator_max_in_flight"],
+                f"{data['simulator_cpu_s']:.1f}",
                 f"{data['process_wall_s']:.1f}",
             ]
         )

@@ -66,13 +66,16 @@ def inspect_image(data: bytes, declared_mime: str | None, *, max_pixels: int) ->
             if image.format == "JPEG":  # DCT scaling still reads every entropy-coded byte
                 image.draft(image.mode, (max(1, width // 8), max(1, height // 8)))
             decode(image)
+            blank = _is_flat(image)
     except ImageTooLarge as exc:
         raise _invalid("too_large", str(exc)) from exc
     except UndecodableImage as exc:
         raise _invalid("undecodable" if mime else "unknown_format", str(exc)) from exc
     if mime is None:
         raise _invalid("unknown_format", "the bytes are no known image format")
-    return GeneratedImage.from_bytes(data, mime, width, height, declared_mime=declared_mime)
+    generated = GeneratedImage.from_bytes(data, mime, width, height, declared_mime=declared_mime)
+    generated.blank = blank
+    return generated
 
 
 def _ratio(text: str) -> float | None:
@@ -95,14 +98,19 @@ def is_blank(data: bytes, *, tolerance: int = BLANK_TOLERANCE) -> bool:
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.draft("RGB", (BLANK_PROBE_PX, BLANK_PROBE_PX))
-            image.thumbnail((BLANK_PROBE_PX, BLANK_PROBE_PX), Image.Resampling.BOX, reducing_gap=1.0)
-            small: Image.Image = image
-            if small.mode not in ("L", "LA", "RGB", "RGBA"):
-                alpha = "A" in small.getbands() or "transparency" in small.info
-                small = small.convert("RGBA" if alpha else "RGB")
-            extrema = small.getextrema()
+            return _is_flat(image, tolerance=tolerance)
     except Exception:  # undecodable here means inspect_image was skipped; not this check's call
         return False
+
+
+def _is_flat(image: Image.Image, *, tolerance: int = BLANK_TOLERANCE) -> bool:
+    """The flatness test on an open (possibly already decoded) image, via a copy of ≤ 256 px."""
+    small: Image.Image = image.copy() if getattr(image, "_im", None) is not None else image
+    small.thumbnail((BLANK_PROBE_PX, BLANK_PROBE_PX), Image.Resampling.BOX, reducing_gap=1.0)
+    if small.mode not in ("L", "LA", "RGB", "RGBA"):
+        alpha = "A" in small.getbands() or "transparency" in small.info
+        small = small.convert("RGBA" if alpha else "RGB")
+    extrema = small.getextrema()
     bands = extrema if isinstance(extrema[0], tuple) else (extrema,)
     if small.mode in ("LA", "RGBA") and bands[-1][1] == 0:
         return True  # fully transparent, whatever the colour channels hold
@@ -131,7 +139,7 @@ def output_warnings(
             want_w, want_h = expected_pixels
             if _off(image.width, want_w) > SIZE_TOLERANCE or _off(image.height, want_h) > SIZE_TOLERANCE:
                 codes.append("size_mismatch")
-    if is_blank(image.data):
+    if image.blank if image.blank is not None else is_blank(image.data):
         codes.append("blank_image")
     return codes
 

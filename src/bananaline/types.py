@@ -84,6 +84,8 @@ class GeneratedImage(BaseModel):
     compressed_url: str | None = None
     thumbnail_url: str | None = None
     storage_status: str | None = None
+    #: Set by the output checks when they decoded the image anyway, so nothing decodes it twice.
+    blank: bool | None = Field(default=None, repr=False)
 
     @classmethod
     def from_bytes(

@@ -113,6 +113,15 @@ def service_log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     configure_logging(json_output=True)
 
 
+@pytest.fixture
+def captured_log(service_log: Path) -> Iterator[Path]:
+    """Re-point logging at the session log file, in case another test reconfigured it."""
+    with service_log.open("a", encoding="utf-8", buffering=1) as stream:
+        configure_logging(json_output=True, stream=stream)
+        yield service_log
+    configure_logging(json_output=True, stream=service_log.open("a", encoding="utf-8", buffering=1))
+
+
 @pytest.fixture(scope="session")
 def service(
     simulator: Any, service_log: Path, tmp_path_factory: pytest.TempPathFactory

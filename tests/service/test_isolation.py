@@ -45,7 +45,8 @@ def test_caller_b_cannot_read_anything_of_caller_a(service, sim):
         assert anonymous.get(f"/v1/tasks/{task['task_id']}").status_code == 404
 
 
-def test_secrets_never_appear_in_logs_responses_or_the_database(service, sim, service_log):
+def test_secrets_never_appear_in_logs_responses_or_the_database(service, sim, captured_log):
+    service_log = captured_log
     upstream_key = "UPSTREAM-SECRET-" + str(time.time_ns())
     own_key = "OWN-APIKEY-SECRET-" + str(time.time_ns())
     token = service.add_caller(upstream_key=upstream_key)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -42,12 +43,20 @@ def test_metrics_cover_requests_latency_errors_images_cost_and_in_flight(service
     assert 'bananaline_jobs_in_flight{kind="task"} 0.0' in text
 
 
-def test_request_id_is_echoed_and_generated(service):
-    with service.client() as http:
-        echoed = http.get("/healthz", headers={"X-Request-ID": "req-abc.123"})
-        generated = http.get("/healthz")
+def test_request_id_is_echoed_generated_and_logged(service, sim, captured_log):
+    token = service.add_caller()
+    with service.client(token) as http:
+        echoed = http.post(
+            "/v1/plugin/generate", json={"cleantext": "logged banana"}, headers={"X-Request-ID": "req-abc.123"}
+        )
+        generated = http.get("/healthz", headers={"X-Request-ID": "bad id with spaces"})
     assert echoed.headers["x-request-id"] == "req-abc.123"
     assert len(generated.headers["x-request-id"]) == 32
+    lines = [json.loads(line) for line in captured_log.read_text().splitlines() if "req-abc.123" in line]
+    events = {line["event"] for line in lines}
+    assert {"http_request", "generation"} <= events
+    access = next(line for line in lines if line["event"] == "http_request")
+    assert access["route"] == "/v1/plugin/generate" and access["status"] == 200
 
 
 def test_usage_is_per_caller_and_time_ranged(service, sim):
