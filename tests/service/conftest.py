@@ -103,23 +103,26 @@ def service_settings(root: Path, upstream: str, **overrides: Any) -> Settings:
     return Settings(**values)
 
 
+_log_streams: dict[Path, Any] = {}
+
+
 @pytest.fixture(scope="session")
 def service_log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Everything the service logs during the session, as JSON lines, for the secrecy checks."""
     path = tmp_path_factory.mktemp("logs") / "service.jsonl"
     with path.open("a", encoding="utf-8", buffering=1) as stream:
+        _log_streams[path] = stream
         configure_logging(json_output=True, stream=stream)
         yield path
+        _log_streams.pop(path)
     configure_logging(json_output=True)
 
 
 @pytest.fixture
-def captured_log(service_log: Path) -> Iterator[Path]:
+def captured_log(service_log: Path) -> Path:
     """Re-point logging at the session log file, in case another test reconfigured it."""
-    with service_log.open("a", encoding="utf-8", buffering=1) as stream:
-        configure_logging(json_output=True, stream=stream)
-        yield service_log
-    configure_logging(json_output=True, stream=service_log.open("a", encoding="utf-8", buffering=1))
+    configure_logging(json_output=True, stream=_log_streams[service_log])
+    return service_log
 
 
 @pytest.fixture(scope="session")

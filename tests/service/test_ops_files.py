@@ -46,9 +46,8 @@ def test_metrics_cover_requests_latency_errors_images_cost_and_in_flight(service
 def test_request_id_is_echoed_generated_and_logged(service, sim, captured_log):
     token = service.add_caller()
     with service.client(token) as http:
-        echoed = http.post(
-            "/v1/plugin/generate", json={"cleantext": "logged banana"}, headers={"X-Request-ID": "req-abc.123"}
-        )
+        headers = {"X-Request-ID": "req-abc.123"}
+        echoed = http.post("/v1/plugin/generate", json={"cleantext": "logged banana"}, headers=headers)
         generated = http.get("/healthz", headers={"X-Request-ID": "bad id with spaces"})
     assert echoed.headers["x-request-id"] == "req-abc.123"
     assert len(generated.headers["x-request-id"]) == 32
