@@ -12,7 +12,9 @@ from bananaline.config import Settings
 
 def test_precedence_env_over_file_over_default(tmp_path, monkeypatch):
     config = tmp_path / "b.toml"
-    config.write_text('base_url = "http://from-file.invalid"\nmax_attempts = 5\nmodel = "gemini-3-pro-image"\n')
+    config.write_text(
+        'base_url = "http://from-file.invalid"\nmax_attempts = 5\nmodel = "gemini-3-pro-image"\n'
+    )
     monkeypatch.setenv("BANANALINE_CONFIG", str(config))
     monkeypatch.setenv("BANANALINE_MAX_ATTEMPTS", "7")
     settings = Settings()

@@ -27,7 +27,21 @@ _EXPORTS = {
     "WireProtocol": "types",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "MODELS",
+    "ErrorKind",
+    "GeneratedImage",
+    "GenerationError",
+    "GenerationRequest",
+    "GenerationResult",
+    "ImageClient",
+    "ModelSpec",
+    "Settings",
+    "SyncImageClient",
+    "Usage",
+    "WireProtocol",
+    "get_settings",
+]
 
 if TYPE_CHECKING:
     from .catalog import MODELS, ModelSpec

@@ -85,7 +85,8 @@ def run_command(
     report: Annotated[Path | None, typer.Option(help="Write a self-contained HTML report here.")] = None,
     db: DbOption = None,
     batch_config: Annotated[
-        Path | None, typer.Option("--batch-config", help="Batch config TOML: [columns], template.")
+        Path | None,
+        typer.Option("--batch-config", help="Batch config TOML: a columns table and a prompt template."),
     ] = None,
     col: Annotated[list[str] | None, typer.Option("--col", help="ROLE=COLUMN, e.g. prompt=提示词.")] = None,
     template: Annotated[
