@@ -28,6 +28,7 @@ SIZE_TOLERANCE = 0.03
 #: Per-band spread (0-255) still counted as one colour: encoder noise on a flat image.
 BLANK_TOLERANCE = 6
 BLANK_PROBE_PX = 256
+PREVIEW_PX = 160
 
 _MIME_ALIASES = {"image/jpg": "image/jpeg", "image/pjpeg": "image/jpeg", "image/x-png": "image/png"}
 
@@ -66,7 +67,9 @@ def inspect_image(data: bytes, declared_mime: str | None, *, max_pixels: int) ->
             if image.format == "JPEG":  # DCT scaling still reads every entropy-coded byte
                 image.draft(image.mode, (max(1, width // 8), max(1, height // 8)))
             decode(image)
-            blank = _is_flat(image)
+            small = _small_copy(image)
+            blank = _is_flat(small)
+            preview = _preview_jpeg(small)
     except ImageTooLarge as exc:
         raise _invalid("too_large", str(exc)) from exc
     except UndecodableImage as exc:
@@ -75,6 +78,7 @@ def inspect_image(data: bytes, declared_mime: str | None, *, max_pixels: int) ->
         raise _invalid("unknown_format", "the bytes are no known image format")
     generated = GeneratedImage.from_bytes(data, mime, width, height, declared_mime=declared_mime)
     generated.blank = blank
+    generated.preview = preview
     return generated
 
 
@@ -103,8 +107,30 @@ def is_blank(data: bytes, *, tolerance: int = BLANK_TOLERANCE) -> bool:
         return False
 
 
+def _small_copy(image: Image.Image) -> Image.Image:
+    """A ≤ 256 px copy of a decoded image by integer box reduction: about 1 ms for 1K, and the
+    only extra pixels ever held besides the decoded image itself."""
+    if image.mode not in ("L", "LA", "RGB", "RGBA"):
+        alpha = "A" in image.getbands() or "transparency" in image.info
+        image = image.convert("RGBA" if alpha else "RGB")
+    factor = max(1, -(-max(image.size) // BLANK_PROBE_PX))
+    return image.reduce(factor) if factor > 1 else image.copy()
+
+
+def _preview_jpeg(small: Image.Image) -> bytes | None:
+    """A 160 px JPEG for sheets, reports and galleries, made from the probe copy for free."""
+    try:
+        preview = small.convert("RGB") if small.mode != "RGB" else small.copy()
+        preview.thumbnail((PREVIEW_PX, PREVIEW_PX), Image.Resampling.BICUBIC)
+        buffer = io.BytesIO()
+        preview.save(buffer, format="JPEG", quality=70)
+        return buffer.getvalue()
+    except (OSError, ValueError):
+        return None
+
+
 def _is_flat(image: Image.Image, *, tolerance: int = BLANK_TOLERANCE) -> bool:
-    """The flatness test on an open (possibly already decoded) image, via a copy of ≤ 256 px."""
+    """The flatness test on an open image, judged on a copy of ≤ 256 px."""
     small: Image.Image = image.copy() if getattr(image, "_im", None) is not None else image
     small.thumbnail((BLANK_PROBE_PX, BLANK_PROBE_PX), Image.Resampling.BOX, reducing_gap=1.0)
     if small.mode not in ("L", "LA", "RGB", "RGBA"):

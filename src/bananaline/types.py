@@ -86,6 +86,8 @@ class GeneratedImage(BaseModel):
     storage_status: str | None = None
     #: Set by the output checks when they decoded the image anyway, so nothing decodes it twice.
     blank: bool | None = Field(default=None, repr=False)
+    #: A 160 px JPEG made from the same decode, for sheets, reports and galleries.
+    preview: bytes | None = Field(default=None, repr=False)
 
     @classmethod
     def from_bytes(

@@ -77,6 +77,9 @@ class BatchRun:
         self.in_flight: dict[asyncio.Task[None], ClaimedJob] = {}
         self._wake = asyncio.Event()
         self._preview_gate = asyncio.Semaphore(2)
+        #: Jobs holding an upstream slot (global and per caller): claimed and not yet answered.
+        self.upstream_active = 0
+        self._slot_freed: set[int] = set()
         self.progress = ProgressSnapshot()
 
     # dispatch ------------------------------------------------------------------------------
@@ -106,9 +109,12 @@ class BatchRun:
 
     async def _dispatch(self, callers: set[str]) -> None:
         ceiling = self.limiters.ceiling
+        # Jobs past their upstream call (checks, storage, recording) no longer hold a slot, but
+        # only a few of them may pile up, so a burst of 4K answers cannot pile up in memory.
+        job_cap = ceiling + max(2, ceiling // 4)
         while not self.stop.is_set():
             self._wake.clear()
-            if len(self.in_flight) >= ceiling:
+            if self.upstream_active >= ceiling or len(self.in_flight) >= job_cap:
                 await self._wake.wait()
                 continue
             ready = [caller for caller in callers if self.limiters[caller].ready_in_s() == 0]
@@ -137,6 +143,7 @@ class BatchRun:
 
     def _start(self, job: ClaimedJob) -> None:
         self.limiters[job.caller].acquire()
+        self.upstream_active += 1
         task = asyncio.create_task(self._run_job(job), name=f"batch-job-{job.job_id}")
         self.in_flight[task] = job
         task.add_done_callback(self._job_ended)
@@ -184,12 +191,21 @@ class BatchRun:
 
     # one job -------------------------------------------------------------------------------
 
+    def _free_slot(self, job: ClaimedJob) -> None:
+        """The job's upstream exchange is over: its caller and global slots go to the next job."""
+        if job.job_id in self._slot_freed:
+            return
+        self._slot_freed.add(job.job_id)
+        self.limiters[job.caller].release()
+        self.upstream_active -= 1
+        self._wake.set()
+
     async def _run_job(self, job: ClaimedJob) -> None:
-        limiter = self.limiters[job.caller]
         try:
             outcome = await self._generate(job)
         finally:
-            limiter.release()
+            self._free_slot(job)
+            self._slot_freed.discard(job.job_id)
         recorded = await self.db(self.jobs.finish, job.job_id, job.lease_id, outcome)
         if not recorded:
             return
@@ -230,7 +246,9 @@ class BatchRun:
             )
         token = CURRENT_CALLER.set(job.caller)
         try:
-            result = await self.client.generate(request, api_key=key)
+            result = await self.client.generate(
+                request, api_key=key, on_upstream_done=lambda: self._free_slot(job)
+            )
         finally:
             CURRENT_CALLER.reset(token)
         limiter = self.limiters[job.caller]
@@ -261,8 +279,10 @@ class BatchRun:
             ).to_dict()
             return outcome
         for image in result.images:
-            async with self._preview_gate:
-                preview = await asyncio.to_thread(make_preview, image.data)
+            preview = image.preview
+            if preview is None:
+                async with self._preview_gate:
+                    preview = await asyncio.to_thread(make_preview, image.data)
             outcome.images.append(
                 ImageOutcome(
                     sha256=image.sha256,

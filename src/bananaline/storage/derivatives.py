@@ -21,6 +21,8 @@ from ..errors import ErrorKind, GenerationError
 
 _WHITE = (255, 255, 255)
 THUMBNAIL_WEBP_QUALITY = 80
+#: libwebp effort 0-6; above 2 costs 3x the time for a few percent fewer bytes on a thumbnail.
+THUMBNAIL_WEBP_METHOD = 2
 
 
 @dataclass(frozen=True)
@@ -135,9 +137,11 @@ def make_derivatives(
             result.compressed, result.compressed_size = buffer.getvalue(), image.size
         if want_thumbnail:
             edge = settings.thumbnail_px
-            image.thumbnail((edge, edge), Image.Resampling.LANCZOS)
+            # Box-reduce by the integer factor first, then resample the rest: a gallery thumbnail
+            # does not need LANCZOS over a full 4K frame (3x cheaper, visually the same at 512 px).
+            image.thumbnail((edge, edge), Image.Resampling.LANCZOS, reducing_gap=1.0)
             buffer = io.BytesIO()
-            image.save(buffer, "WEBP", quality=THUMBNAIL_WEBP_QUALITY, method=4)
+            image.save(buffer, "WEBP", quality=THUMBNAIL_WEBP_QUALITY, method=THUMBNAIL_WEBP_METHOD)
             result.thumbnail, result.thumbnail_size = buffer.getvalue(), image.size
     finally:
         image.close()
