@@ -14,7 +14,6 @@ Content is classified in this order, the first match wins::
 
 from __future__ import annotations
 
-import binascii
 import io
 import json
 import re
@@ -24,6 +23,7 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
+import pybase64
 
 from ..catalog import get_model
 from ..errors import ErrorKind, GenerationError, register_secret
@@ -42,7 +42,7 @@ def to_json_bytes(value: Any) -> bytes:
 
 def base64_bytes(data: bytes) -> bytes:
     """Standard base64 as bytes, ready to splice into a JSON string (the alphabet needs no escaping)."""
-    return binascii.b2a_base64(data, newline=False)
+    return pybase64.b64encode(data)
 
 
 def accepts_image_size(model: str) -> bool:
