@@ -153,3 +153,20 @@ def error_fields(
     if fields is not None and len(path) == 2 and event in ("string", "number"):
         fields[path[1]] = value
     return fields
+
+
+TEXT_DETAIL_CHARS = 300
+
+
+def no_image_error(text: str | None, *, inline_empty: bool) -> GenerationError:
+    """The answer carried no usable image: why, in the taxonomy's order (both protocols)."""
+    if inline_empty:
+        return GenerationError(ErrorKind.INLINE_DATA_EMPTY)
+    if text is None:
+        return GenerationError(ErrorKind.NO_PARTS)
+    return GenerationError(
+        ErrorKind.TEXT_RESPONSE,
+        detail=text[:TEXT_DETAIL_CHARS],
+        label=classify_refusal_text(text),
+        model_text=text,
+    )

@@ -29,11 +29,10 @@ from ..catalog import get_model
 from ..errors import ErrorKind, GenerationError, register_secret
 from ..types import Usage
 from .base import DecodedResponse, EncodedRequest, RawImage, UrlFetcher, WireCall
-from .content import classify_refusal_text, error_fields, error_from_body
+from .content import error_fields, error_from_body, no_image_error
 from .streaming import Path, decode_base64, json_events, malformed
 
 _VERSION_SEGMENT = re.compile(r"/v\d+(?:alpha|beta)?\d*$")
-_TEXT_DETAIL_CHARS = 300
 
 
 def to_json_bytes(value: Any) -> bytes:
@@ -190,16 +189,7 @@ class _GeminiAnswer:
                     part.has_inline = True  # an empty download is an empty image
         text = "".join(part.text for part in visible if part.text) or None
         if not images:
-            if any(part.has_inline for part in visible):
-                raise GenerationError(ErrorKind.INLINE_DATA_EMPTY)
-            if text is None:
-                raise GenerationError(ErrorKind.NO_PARTS)
-            raise GenerationError(
-                ErrorKind.TEXT_RESPONSE,
-                detail=text[:_TEXT_DETAIL_CHARS],
-                label=classify_refusal_text(text),
-                model_text=text,
-            )
+            raise no_image_error(text, inline_empty=any(part.has_inline for part in visible))
         return DecodedResponse(
             images=images,
             text=text,

@@ -36,7 +36,7 @@ import httpx
 from ..errors import ErrorKind, GenerationError, register_secret
 from ..types import Usage
 from .base import DecodedResponse, EncodedRequest, RawImage, UrlFetcher, WireCall
-from .content import classify_refusal_text, error_fields, error_from_body
+from .content import error_fields, error_from_body, no_image_error
 from .gemini import accepts_image_size, base64_bytes, to_json_bytes
 from .streaming import Path, decode_base64, find_data_uris, json_events, malformed, parse_data_uri_header
 
@@ -48,7 +48,6 @@ _MD_FILE_LINK = re.compile(
 )
 _MD_EMPTY_IMAGE = re.compile(r"!\[[^\]\n]{0,500}\]\(\s*\)")
 _BARE_URL = re.compile(r"https?://\S+")
-_TEXT_DETAIL_CHARS = 300
 
 _CHOICE: Path = ("choices", "item")
 _MESSAGE: Path = _CHOICE + ("message",)
@@ -225,16 +224,7 @@ class _OpenAIAnswer:
             raise GenerationError(ErrorKind.NO_PARTS)
         text = "\n".join(self.texts) or None
         if not self.slots:
-            if self.inline_empty:
-                raise GenerationError(ErrorKind.INLINE_DATA_EMPTY)
-            if text is None:
-                raise GenerationError(ErrorKind.NO_PARTS)
-            raise GenerationError(
-                ErrorKind.TEXT_RESPONSE,
-                detail=text[:_TEXT_DETAIL_CHARS],
-                label=classify_refusal_text(text),
-                model_text=text,
-            )
+            raise no_image_error(text, inline_empty=self.inline_empty)
         images = await _resolve(self.slots, fetch_url)
         if not images:  # every URL answered with an empty body
             raise GenerationError(ErrorKind.INLINE_DATA_EMPTY)

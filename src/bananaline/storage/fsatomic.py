@@ -9,7 +9,8 @@ from pathlib import Path
 from .backend import FS_TEMP_DIR
 
 
-def fsync_file(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """fsync a file or a directory (a rename is durable only once its directory is synced)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .fsatomic import fsync_path
 from .layout import is_sha256
 
 RECORD_NAME = "record.json"
@@ -37,13 +38,6 @@ class SpoolEntry:
     def read_image(self) -> bytes:
         return self.image_path.read_bytes()
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_synced(path: Path, payload: bytes) -> None:
@@ -73,7 +67,7 @@ class Spool:
             _write_synced(staging / image_name, data)
             body = json.dumps({**record, "image": image_name}, ensure_ascii=False, default=str, indent=1)
             _write_synced(staging / RECORD_NAME, body.encode())
-            _fsync_dir(staging)
+            fsync_path(staging)
             try:
                 os.rename(staging, final)
             except OSError:
@@ -82,7 +76,7 @@ class Spool:
                 # Another writer spooled the same bytes first: theirs is complete, keep it.
                 shutil.rmtree(staging, ignore_errors=True)
                 return final / image_name
-            _fsync_dir(self.directory)
+            fsync_path(self.directory)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -117,7 +111,7 @@ class Spool:
         target = trash / f"{entry.sha256}-{uuid.uuid4().hex}"
         os.rename(entry.directory, target)
         with contextlib.suppress(OSError):
-            _fsync_dir(self.directory)
+            fsync_path(self.directory)
         shutil.rmtree(target, ignore_errors=True)
 
     def leftovers(self) -> list[Path]:

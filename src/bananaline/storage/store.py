@@ -42,7 +42,7 @@ from ..types import MIME_EXTENSIONS
 from . import layout
 from .backend import build_operator
 from .derivatives import Derivatives, ImageInfo, make_derivatives, probe, wants_compressed, wants_thumbnail
-from .fsatomic import create_exclusive, fsync_file
+from .fsatomic import create_exclusive, fsync_path
 from .results import FlushReport, StoredImage
 from .spool import Spool
 from .urls import StoreLocation, parse_store_url, public_url, url_template
@@ -156,7 +156,7 @@ class ImageStore:
         await self._retry(lambda: self._operator.write(key, payload, content_type=content_type))
         if self.local_root is not None:
             # OpenDAL's fs rename makes the write atomic; fsync makes it survive a power cut.
-            await asyncio.to_thread(fsync_file, self.local_root / key)
+            await asyncio.to_thread(fsync_path, self.local_root / key)
 
     async def _exists(self, key: str) -> bool:
         async def stat() -> bool:
