@@ -31,7 +31,12 @@ The kinds, by where they arise::
     ├── after the call
     │   ├── output_check         a warning made fatal by ``strict_checks``
     │   └── storage              the image could not be stored anywhere
-    └── budget_exceeded          a caller's budget would be overspent
+    ├── budget_exceeded          a caller's budget would be overspent
+    └── at the service's door (HTTP only)
+        ├── unauthorized         no or unknown service token (the upstream's refusal is ``auth``)
+        ├── not_found            unknown id, or another caller's (the same answer for both)
+        ├── payload_too_large    an upload or body over the configured limit
+        └── internal             a bug: logged with its traceback, never shown
 
 Messages come in English and Chinese. No error ever carries an API key: :func:`redact`
 scrubs every message and detail on construction.
@@ -67,6 +72,10 @@ class ErrorKind(StrEnum):
     OUTPUT_CHECK = "output_check"
     STORAGE = "storage"
     BUDGET_EXCEEDED = "budget_exceeded"
+    UNAUTHORIZED = "unauthorized"
+    NOT_FOUND = "not_found"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    INTERNAL = "internal"
 
 
 #: Kinds that are worth another attempt regardless of detail.
@@ -114,6 +123,10 @@ _MESSAGES: dict[ErrorKind, tuple[str, str]] = {
     ErrorKind.OUTPUT_CHECK: ("The image failed an output check", "图片未通过输出检查"),
     ErrorKind.STORAGE: ("The image could not be stored", "图片无法保存"),
     ErrorKind.BUDGET_EXCEEDED: ("The caller's budget is exhausted", "调用方预算已用尽"),
+    ErrorKind.UNAUTHORIZED: ("Authentication required", "需要认证"),
+    ErrorKind.NOT_FOUND: ("Not found", "未找到"),
+    ErrorKind.PAYLOAD_TOO_LARGE: ("The request body is too large", "请求体过大"),
+    ErrorKind.INTERNAL: ("Internal error", "内部错误"),
 }
 
 _LABEL_MESSAGES: dict[str, tuple[str, str]] = {

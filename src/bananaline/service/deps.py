@@ -25,6 +25,7 @@ from sqlalchemy import Engine
 
 from ..client import ImageClient
 from ..config import Settings
+from ..errors import ErrorKind
 from ..storage import ImageStore
 from .auth import KeyCipher, Principal, credential_from, is_service_token
 from .callers import CallerRepository
@@ -72,7 +73,7 @@ def files_base_url(request: Request) -> str:
 def unauthorized(message: str | None = None) -> ServiceError:
     return ServiceError(
         401,
-        "unauthorized",
+        ErrorKind.UNAUTHORIZED,
         message
         or "authentication required: send Authorization: Bearer <service token> (or your own upstream key "
         "in the apikey field / x-goog-api-key header)",

@@ -81,13 +81,12 @@ def status_for_kind(kind: str) -> int:
 
 
 class ServiceError(Exception):
-    """An HTTP-level refusal with a stable ``kind`` (an ErrorKind value or ``not_found``,
-    ``unauthorized``, ``payload_too_large``…)."""
+    """An HTTP-level refusal whose ``kind`` is a value of the one taxonomy, :class:`ErrorKind`."""
 
     def __init__(
         self,
         status_code: int,
-        kind: str,
+        kind: ErrorKind | str,
         message: str,
         message_zh: str | None = None,
         *,
@@ -96,7 +95,7 @@ class ServiceError(Exception):
     ) -> None:
         super().__init__(message)
         self.status_code = status_code
-        self.kind = kind
+        self.kind = ErrorKind(kind).value
         self.message = redact(message)
         self.message_zh = redact(message_zh or message)
         self.detail = detail
@@ -119,7 +118,9 @@ class ServiceError(Exception):
 
 def not_found(what: str = "resource") -> ServiceError:
     """The same answer whether the thing does not exist or belongs to someone else."""
-    return ServiceError(404, "not_found", f"{what} not found", f"未找到该{_ZH_WHAT.get(what, '资源')}")
+    return ServiceError(
+        404, ErrorKind.NOT_FOUND, f"{what} not found", f"未找到该{_ZH_WHAT.get(what, '资源')}"
+    )
 
 
 _ZH_WHAT = {"task": "任务", "batch": "批次", "file": "文件", "resource": "资源"}
@@ -234,12 +235,16 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        kinds = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
-        kind = kinds.get(exc.status_code, "bad_request" if exc.status_code < 500 else "internal")
+        kinds = {401: ErrorKind.UNAUTHORIZED, 404: ErrorKind.NOT_FOUND, 413: ErrorKind.PAYLOAD_TOO_LARGE}
+        kind = kinds.get(
+            exc.status_code, ErrorKind.BAD_REQUEST if exc.status_code < 500 else ErrorKind.INTERNAL
+        )
         error = ServiceError(exc.status_code, kind, str(exc.detail), headers=dict(exc.headers or {}))
         return render(request.url.path, error)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.error("unhandled_error", path=request.url.path, error=type(exc).__name__, exc_info=exc)
-        return render(request.url.path, ServiceError(500, "internal", "internal error; see the service log"))
+        return render(
+            request.url.path, ServiceError(500, ErrorKind.INTERNAL, "internal error; see the service log")
+        )
