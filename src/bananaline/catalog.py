@@ -65,7 +65,9 @@ _FLASH31_EXTRA_1K: dict[str, tuple[int, int]] = {
 _SCALE = {"512": 0.5, "1K": 1, "2K": 2, "4K": 4}
 
 
-def _scaled(table_1k: Mapping[str, tuple[int, int]], sizes: tuple[str, ...]) -> dict:
+def _scaled(
+    table_1k: Mapping[str, tuple[int, int]], sizes: tuple[str, ...]
+) -> dict[tuple[str, str], tuple[int, int]]:
     out: dict[tuple[str, str], tuple[int, int]] = {}
     for ratio, (w, h) in table_1k.items():
         for size in sizes:

@@ -140,7 +140,7 @@ def _is_flat(image: Image.Image, *, tolerance: int = BLANK_TOLERANCE) -> bool:
     bands = extrema if isinstance(extrema[0], tuple) else (extrema,)
     if small.mode in ("LA", "RGBA") and bands[-1][1] == 0:
         return True  # fully transparent, whatever the colour channels hold
-    return all(high - low <= tolerance for low, high in bands)  # type: ignore[operator]
+    return all(high - low <= tolerance for low, high in bands)
 
 
 def output_warnings(

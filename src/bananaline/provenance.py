@@ -138,7 +138,9 @@ def _file_name(image: GeneratedImage, stem: str | None) -> str:
     return f"{clean}.{image.extension}"
 
 
-def save_image(image: GeneratedImage, out_dir: Path, *, metadata: dict, stem: str | None = None) -> Path:
+def save_image(
+    image: GeneratedImage, out_dir: Path, *, metadata: dict[str, Any], stem: str | None = None
+) -> Path:
     """Write ``image`` into ``out_dir`` with its provenance and return the file's path.
 
     Raises ``storage`` when the directory or file cannot be written.

@@ -239,7 +239,7 @@ class BatchEngine:
                 )
                 hook_slot.append(batch_run.on_client_event)
                 stats = await batch_run.execute()
-            return await db(
+            summary: BatchSummary = await db(
                 self.summary,
                 batch_id,
                 run_elapsed_s=stats.elapsed_s,
@@ -247,6 +247,7 @@ class BatchEngine:
                 run_images=stats.images,
                 interrupted=stats.interrupted,
             )
+            return summary
         finally:
             LIVE_RUN_TOKENS.discard(run_token)
             executor.shutdown(wait=True)

@@ -81,6 +81,6 @@ def install_openapi(app: FastAPI, settings: Settings) -> None:
         }
         schema["security"] = [{"serviceToken": []}, {}]
         app.openapi_schema = schema
-        return schema
+        return dict(schema)
 
     app.openapi = build  # type: ignore[method-assign]

@@ -46,8 +46,8 @@ def request_key(headers: Any, query: Any) -> str:
     """The API key as Google (``x-goog-api-key``, ``?key=``) or relays (Bearer) send it."""
     auth = headers.get("authorization", "")
     if auth[:7].lower() == "bearer ":
-        return auth[7:].strip()
-    return (headers.get("x-goog-api-key") or query.get("key") or "").strip()
+        return str(auth[7:]).strip()
+    return str(headers.get("x-goog-api-key") or query.get("key") or "").strip()
 
 
 class CountingMiddleware:

@@ -100,7 +100,11 @@ def encode(img: Image.Image, fmt: ImageFormat) -> bytes:
     return buf.getvalue()
 
 
-def _build(key: tuple[str, int, int, int, str, bool]) -> Payload:
+#: (format, width, height, palette, variant, realistic)
+CacheKey = tuple[str, int, int, int, str, bool]
+
+
+def _build(key: CacheKey) -> Payload:
     fmt, width, height, palette, variant, realistic = key
     img = render(width, height, palette, variant, realistic)  # type: ignore[arg-type]
     data = encode(img, fmt)  # type: ignore[arg-type]
@@ -113,14 +117,14 @@ class ImageCache:
     def __init__(self, budget_bytes: int = 1_500_000_000, workers: int = 2) -> None:
         self.budget_bytes = budget_bytes
         self._lock = threading.Lock()
-        self._done: OrderedDict[tuple, Payload] = OrderedDict()
-        self._pending: dict[tuple, Future[Payload]] = {}
+        self._done: OrderedDict[CacheKey, Payload] = OrderedDict()
+        self._pending: dict[CacheKey, Future[Payload]] = {}
         self._bytes = 0
         self._workers = workers
         self._pool: ThreadPoolExecutor | None = None
         self.encodes = 0
 
-    def _lookup(self, key: tuple) -> Payload | Future[Payload]:
+    def _lookup(self, key: CacheKey) -> Payload | Future[Payload]:
         with self._lock:
             hit = self._done.get(key)
             if hit is not None:
@@ -134,7 +138,7 @@ class ImageCache:
                 self._pending[key] = pending
             return pending
 
-    def _build_and_store(self, key: tuple) -> Payload:
+    def _build_and_store(self, key: CacheKey) -> Payload:
         try:
             payload = _build(key)
         finally:

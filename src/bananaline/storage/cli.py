@@ -15,7 +15,8 @@ from pydantic import ValidationError
 
 from ..config import Settings
 from ..errors import GenerationError
-from .store import ImageStore, StoredImage
+from .results import StoredImage
+from .store import ImageStore
 
 app = typer.Typer(help="Store images and flush the local spool.", no_args_is_help=True)
 
