@@ -8,13 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 BENCH_DIR = Path(__file__).resolve().parents[1] / "bench"
-
-pytest.importorskip("psutil")
-pytest.importorskip("google.genai")
-
 
 def run_bench(script: str, *args: str) -> tuple[str, dict]:
     completed = subprocess.run(

@@ -1,9 +1,9 @@
 """The service's tables: callers, their token hashes, plugin tasks, usage and stored files.
 
-Created by the Alembic migration ``0002_service``; this module is the SQLAlchemy Core
-description the repository queries against. Times are epoch seconds (floats), so range
-queries are portable between SQLite and PostgreSQL. No column ever holds a secret in plain
-text: tokens are SHA-256 digests, upstream keys are Fernet ciphertexts.
+Created by the Alembic migrations ``0002_service`` and ``0003_service_task_lease``; this module
+is the SQLAlchemy Core description the repository queries against. Times are epoch seconds
+(floats), so range queries are portable between SQLite and PostgreSQL. No column ever holds a
+secret in plain text: tokens are SHA-256 digests, upstream keys are Fernet ciphertexts.
 """
 
 from __future__ import annotations
@@ -47,6 +47,9 @@ tasks = Table(
     Column("instance_id", String(32), nullable=False),
     Column("created_at", Float, nullable=False),
     Column("finished_at", Float, nullable=True),
+    # renewed by the running process (0003): past it, the task is swept to ``interrupted``
+    Column("lease_expires_at", Float, nullable=True),
+    Index("ix_service_tasks_status", "status"),
 )
 
 usage = Table(
