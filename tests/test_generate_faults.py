@@ -216,3 +216,30 @@ async def test_missing_key_is_a_clear_error(sim):
         result = await client.generate(GenerationRequest(prompt="x"))
     assert result.error.kind is ErrorKind.NO_API_KEY
     assert "BANANALINE_API_KEY" in result.error.message
+
+
+async def test_connect_timeout_is_retryable_because_nothing_was_sent(sim):
+    """A listener whose accept backlog is full drops new SYNs: the connection never opens."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    try:
+        for _ in range(8):  # fill the backlog; later connects hang in SYN_SENT
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", port))
+            fillers.append(filler)
+        result = await _generate(
+            sim, "a cat", base_url=f"http://127.0.0.1:{port}", connect_timeout_s=0.3, max_attempts=2
+        )
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
+    assert result.error.kind is ErrorKind.TIMEOUT
+    assert result.error.retryable is True
+    assert result.attempts == 2
