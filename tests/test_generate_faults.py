@@ -243,3 +243,14 @@ async def test_connect_timeout_is_retryable_because_nothing_was_sent(sim):
     assert result.error.kind is ErrorKind.TIMEOUT
     assert result.error.retryable is True
     assert result.attempts == 2
+
+
+@pytest.mark.parametrize("fault, kind, detail, retryable", CONTENT_CASES)
+async def test_content_faults_openai(sim, fault, kind, detail, retryable):
+    """The same faults through an OpenAI-compatible relay that wraps Gemini: ``finish_reason`` is
+    OpenAI's word (content_filter, length…) and ``native_finish_reason`` keeps Gemini's."""
+    result = await _generate(sim, f"a dog [sim fault={fault}]", WireProtocol.OPENAI)
+    assert result.error is not None and result.error.kind is kind, result
+    assert result.error.retryable is retryable
+    if detail:
+        assert result.error.detail == detail

@@ -87,6 +87,7 @@ class _Entry:
 class _OpenAIAnswer:
     choices: int = 0
     finish_reason: str | None = None
+    native_finish_reason: str | None = None
     has_content: bool = False
     inline_empty: bool = False
     #: In delivery order: decoded images and URLs still to fetch.
@@ -110,6 +111,11 @@ class _OpenAIAnswer:
         elif path == _CHOICE + ("finishReason",):
             if event == "string" and value and self.finish_reason is None:
                 self.finish_reason = value
+        elif path == _CHOICE + ("nativeFinishReason",):
+            # Relays that wrap Gemini (OpenRouter style) keep its own word: IMAGE_SAFETY says more
+            # than content_filter, and decides retryability the same way as on the native protocol.
+            if event == "string" and value and self.native_finish_reason is None:
+                self.native_finish_reason = value
         elif path[:1] == ("usage",) and event == "number":
             self.usage_counts[".".join(path[1:])] = int(value)
         elif path == ("model",) and event == "string":
@@ -219,7 +225,8 @@ class _OpenAIAnswer:
         if self.choices == 0:
             raise GenerationError(ErrorKind.NO_CANDIDATES)
         if self.finish_reason is not None and self.finish_reason.lower() != "stop":
-            raise GenerationError(ErrorKind.FINISH_REASON, detail=self.finish_reason)
+            detail = self.native_finish_reason or self.finish_reason
+            raise GenerationError(ErrorKind.FINISH_REASON, detail=detail)
         if not self.has_content:
             raise GenerationError(ErrorKind.NO_PARTS)
         text = "\n".join(self.texts) or None
