@@ -12,7 +12,11 @@ import pytest
 for _name in list(os.environ):
     if _name.startswith("BANANALINE_"):
         del os.environ[_name]
-os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
+# Loopback never goes through a proxy, whatever the machine's environment says (test clients and
+# SDKs read these variables; bananaline's own clients ignore them).
+for _name in ("NO_PROXY", "no_proxy"):
+    _existing = [item for item in os.environ.get(_name, "").split(",") if item]
+    os.environ[_name] = ",".join(dict.fromkeys([*_existing, "127.0.0.1", "127.0.0.2", "localhost", "::1"]))
 
 
 @pytest.fixture(autouse=True)

@@ -96,7 +96,12 @@ def test_image_to_image_with_references(sim, tmp_path, protocol, count):
     code, payload = _invoke(sim, *args)
     assert code == 0, payload
     assert (payload["images"][0]["width"], payload["images"][0]["height"]) == (1200, 896)
-    assert sim.stats()["requests_total"] == 1
+    stats = sim.stats()
+    assert stats["requests_total"] == 1
+    sent = stats["last_call"]["references"]
+    assert len(sent) == count
+    assert [tuple(ref["pixels"]) for ref in sent] == [(320 + index, 240) for index in range(count)]
+    assert stats["last_call"]["aspect_ratio"] == "4:3" and stats["last_call"]["image_size"] == "1K"
 
 
 def test_mime_comes_from_bytes_not_file_name(sim, tmp_path):
@@ -105,6 +110,8 @@ def test_mime_comes_from_bytes_not_file_name(sim, tmp_path):
     data_uri = "data:image/png;base64," + base64.b64encode(fake_png.read_bytes()).decode()
     code, payload = _invoke(sim, "edit", "--ref", str(fake_png), "--ref", data_uri)
     assert code == 0, payload
+    sent = sim.stats()["last_call"]["references"]
+    assert [(ref["mime"], ref["format"]) for ref in sent] == [("image/jpeg", "JPEG")] * 2
 
 
 def test_openai_url_style_image_is_downloaded(sim):
@@ -229,3 +236,57 @@ def test_generate_with_store_prints_urls(sim, tmp_path):
     with Image.open(thumb) as thumbnail:
         assert thumbnail.format == "WEBP" and max(thumbnail.size) == 512
     assert (tmp_path / "store").is_dir()
+
+
+def test_max_attempts_flag_bounds_retries(sim):
+    code, payload = _invoke(sim, "x [sim fault=http_503 times=5 retry_after=0]", "--max-attempts", "2")
+    assert code == 1 and payload["attempts"] == 2
+    assert payload["error"]["kind"] == "upstream_error" and payload["error"]["retryable"] is True
+    assert sim.stats()["requests_total"] == 2
+
+
+def test_timeout_flag_bounds_one_attempt(sim):
+    code, payload = _invoke(sim, "x [sim fault=hang]", "--timeout", "1", "--max-attempts", "3")
+    assert code == 1
+    assert payload["error"]["kind"] == "timeout" and payload["error"]["retryable"] is False
+    assert payload["attempts"] == 1 and payload["elapsed_s"] < 30
+
+
+def test_allow_private_refs_flag_lets_a_loopback_reference_through(sim, tmp_path):
+    served = tmp_path / "ref.png"
+    Image.new("RGB", (300, 200), "orange").save(served)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server API
+            body = served.read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/ref.png"
+    try:
+        code, payload = _invoke(sim, "edit", "--ref", url)
+        assert code == 2 and payload["error"]["detail"] == "blocked_address"
+        code, payload = _invoke(sim, "edit", "--ref", url, "--allow-private-refs")
+        assert code == 0, payload
+        assert sim.stats()["last_call"]["references"][0]["pixels"] == [300, 200]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_human_output_says_what_happened(sim):
+    ok = runner.invoke(app, ["generate", "a pear", "-a", "16:9"], env=_env(sim))
+    assert ok.exit_code == 0
+    assert "1376x768" in ok.stdout and "image/png" in ok.stdout and ".png" in ok.stdout
+    failed = runner.invoke(app, ["generate", "x [sim fault=text_nsfw_zh]"], env=_env(sim))
+    assert failed.exit_code == 1
+    assert "text_response" in failed.stderr and "模型只返回了文字" in failed.stderr
+    assert "retryable: False" in failed.stderr

@@ -160,7 +160,22 @@ async def test_jpeg_as_png_is_delivered_as_jpeg(sim):
     assert image.extension == "jpg"
 
 
-@pytest.mark.parametrize("fault", ["http_429", "http_503", "reset_mid_body", "no_candidates", "finish_OTHER"])
+@pytest.mark.parametrize(
+    "fault",
+    [
+        "http_429",
+        "http_500",
+        "http_502",
+        "http_503",
+        "reset_mid_body",
+        "no_candidates",
+        "no_parts",
+        "inline_data_empty",
+        "finish_OTHER",
+        "finish_IMAGE_OTHER",
+        "finish_NO_IMAGE",
+    ],
+)
 async def test_retried_kinds_succeed_when_the_fault_clears(sim, fault):
     prompt = f"a boat [sim fault={fault} times=2 retry_after=0]"
     result = await _generate(sim, prompt, max_attempts=3)
@@ -254,3 +269,18 @@ async def test_content_faults_openai(sim, fault, kind, detail, retryable):
     assert result.error.retryable is retryable
     if detail:
         assert result.error.detail == detail
+
+
+def test_retry_info_alone_gives_the_wait():
+    """Google's RetryInfo.retryDelay is honoured when a relay sends no Retry-After header."""
+    from bananaline.transport_errors import classify_http_status
+
+    body = (
+        b'{"error":{"code":429,"message":"Resource has been exhausted","status":"RESOURCE_EXHAUSTED",'
+        b'"details":[{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"7.5s"}]}}'
+    )
+    error = classify_http_status(429, {}, body)
+    assert error.kind is ErrorKind.RATE_LIMITED and error.retry_after_s == 7.5
+    assert "RESOURCE_EXHAUSTED" in error.detail
+    header_wins = classify_http_status(429, {"retry-after": "3"}, body)
+    assert header_wins.retry_after_s == 3.0

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .errors import GenerationError
+from .logs import get_logger
 from .provenance import save_image
 from .types import GenerationResult
 
 if TYPE_CHECKING:
-    from .storage import ImageStore
+    from .storage import ImageStore, StoredImage
+
+log = get_logger("bananaline.delivery")
 
 
 def result_metadata(result: GenerationResult, **extra: Any) -> dict[str, Any]:
@@ -41,12 +46,45 @@ def save_result(result: GenerationResult, out_dir: Path) -> list[Path]:
     return paths
 
 
-async def store_result(result: GenerationResult, store: ImageStore, **extra: Any) -> None:
-    """Store every image; an upload failure lands in the spool and is reported, never raised."""
+async def store_result(
+    result: GenerationResult,
+    store: ImageStore,
+    *,
+    url_for_key: Callable[[str], str] | None = None,
+    skip_failed: bool = False,
+    **extra: Any,
+) -> list[StoredImage | None]:
+    """Store every image and set its URLs; one entry per image of ``result.images``, in order.
+
+    An upload failure lands in the spool (``storage_status == "stored_locally"``, the spool path
+    as URL) and is reported, never raised. Stored images get the store's own URLs, or
+    ``url_for_key(key)`` when given: the service serves a ``file://`` store under ``/files/…``
+    and hands out those links instead of paths on its disk.
+
+    A ``GenerationError`` (even the spool failed, or the image is refused) is raised, unless
+    ``skip_failed``: then that image's entry is ``None``, ``storage_failed`` joins the warnings and
+    the other images are still stored (the service answers what it could keep).
+    """
     metadata = result_metadata(result, **extra)
+    stored_images: list[StoredImage | None] = []
     for image in result.images:
-        stored = await store.put_image(image.data, mime=image.mime, metadata=metadata)
-        image.url = stored.url or (str(stored.spool_path) if stored.spool_path else None)
-        image.compressed_url = stored.compressed_url
-        image.thumbnail_url = stored.thumbnail_url
+        try:
+            stored = await store.put_image(image.data, mime=image.mime, metadata=metadata)
+        except GenerationError as error:
+            if not skip_failed:
+                raise
+            log.warning("store_failed", error=error.message)
+            result.warnings.append("storage_failed")
+            stored_images.append(None)
+            continue
+        if stored.status == "stored" and url_for_key is not None:
+            image.url = url_for_key(stored.key)
+            image.thumbnail_url = url_for_key(stored.thumbnail_key) if stored.thumbnail_key else None
+            image.compressed_url = url_for_key(stored.compressed_key) if stored.compressed_key else None
+        else:
+            image.url = stored.url or (str(stored.spool_path) if stored.spool_path else None)
+            image.compressed_url = stored.compressed_url
+            image.thumbnail_url = stored.thumbnail_url
         image.storage_status = stored.status
+        stored_images.append(stored)
+    return stored_images

@@ -114,7 +114,8 @@ async def test_two_hundred_rows_finish_with_the_right_outcome_and_a_rerun_calls_
         row for row in status.rows if row.row_index % 25 == 7 and CALLERS[row.row_index % 4] != "carol"
     ]
     assert retried and all(row.attempts == 2 for row in retried)
-    assert status.rows[5].error_detail is None or "watermark" in (status.rows[5].error or "")
+    assert status.rows[5].error_kind == "text_response"
+    assert "watermark" in (status.rows[5].error or "")
     assert status.rows[9].error_detail == "SAFETY"
 
     stats = fast_sim.stats()

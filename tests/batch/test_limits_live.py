@@ -27,7 +27,9 @@ async def test_caller_concurrency_limits_hold_at_the_upstream(fast_sim, settings
     engine.close()
 
 
-async def test_a_rate_limited_caller_is_slowed_and_still_finishes(fast_sim, settings_for):
+async def test_a_rate_limited_caller_retries_and_still_finishes(fast_sim, settings_for):
+    """Every row's first call gets a 429; the client honours the wait and each row finishes on its
+    second attempt. (The AIMD slow-down itself is proven with a fake clock in test_keys_limits.)"""
     ring = KeyRing({"a": CallerKey(api_key=SecretStr("caller-a-key-01"), concurrency=4)})
     engine = BatchEngine(settings_for(fast_sim), keyring=ring)
     rows = [

@@ -23,8 +23,10 @@ def _gemini_body(prompt: str, ratio: str = "1:1", size: str = "1K") -> dict:
     }
 
 
-async def test_fifty_concurrent_1k_requests_at_200ms_latency():
-    async with SimulatorServer(SimulatorConfig(latency_s=0.2)) as server:
+async def test_fifty_concurrent_1k_requests_are_all_in_flight_together():
+    """The simulator serves 50 calls at once (a benchmark needs 64): a 1 s latency leaves every
+    call time to arrive before the first answers. Throughput figures are bench/'s business."""
+    async with SimulatorServer(SimulatorConfig(latency_s=1.0)) as server:
         await asyncio.to_thread(server.warm, 1024, 1024)
         url = f"{server.base_url}/v1beta/models/gemini-3-pro-image-preview:generateContent"
         limits = httpx.Limits(max_connections=100, max_keepalive_connections=100)
@@ -41,11 +43,10 @@ async def test_fifty_concurrent_1k_requests_at_200ms_latency():
         total_mb = sum(len(response.content) for response in responses) / 1e6
         stats = server.stats()
     print(
-        f"\n50 concurrent realistic 1K requests at 0.2 s latency: {elapsed_s:.2f} s "
-        f"(overhead {elapsed_s - 0.2:.2f} s, {total_mb:.0f} MB of JSON)"
+        f"\n50 concurrent realistic 1K requests at 1 s latency: {elapsed_s:.2f} s "
+        f"(overhead {elapsed_s - 1.0:.2f} s, {total_mb:.0f} MB of JSON)"
     )
     assert stats["max_in_flight"] == 50
-    assert elapsed_s < 5.0
 
 
 async def test_first_4k_encode_then_cached_throughput():
@@ -61,6 +62,7 @@ async def test_first_4k_encode_then_cached_throughput():
             data = [p for p in parts if "inlineData" in p and not p.get("thought")][0]["inlineData"]["data"]
             png_mb = len(base64.b64decode(data)) / 1e6
             assert decode_image(data).size == (5504, 3072)
+            encodes_after_first = server.stats()["cache"]["encodes"]
 
             repeats = 4
             started = time.perf_counter()
@@ -76,7 +78,7 @@ async def test_first_4k_encode_then_cached_throughput():
         f"cached 4K: {cached_s * 1000:.0f} ms/request, {body_mb / cached_s:.0f} MB/s incl. client parsing"
     )
     assert 12 <= png_mb <= 35  # weighs like a real 4K PNG
-    assert cached_s < first_s
+    assert server.stats()["cache"]["encodes"] == encodes_after_first, "repeats are served from the cache"
 
 
 def test_runs_as_its_own_process():

@@ -247,4 +247,6 @@ async def test_s3_settings_public_base_url_and_presign_override(
 
 
 async def test_unusual_settings_are_not_shared(settings: Settings) -> None:
+    """The fixture's short retry settings are a copy: the process-wide defaults stay untouched."""
     assert settings.store_upload_attempts == 2
+    assert Settings().store_upload_attempts != settings.store_upload_attempts

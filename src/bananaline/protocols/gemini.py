@@ -29,6 +29,7 @@ from ..catalog import get_model
 from ..errors import ErrorKind, GenerationError, register_secret
 from ..types import Usage
 from .base import DecodedResponse, EncodedRequest, RawImage, UrlFetcher, WireCall
+from .blobs import BlobExtractor
 from .content import error_fields, error_from_body, no_image_error
 from .streaming import Path, decode_base64, json_events, malformed
 
@@ -85,6 +86,7 @@ class _Part:
 
 _PARTS: Path = ("candidates", "item", "content", "parts")
 _PART: Path = _PARTS + ("item",)
+_INLINE_DATA: Path = ("inlineData", "data")
 
 
 @dataclass
@@ -98,9 +100,19 @@ class _GeminiAnswer:
     usage_counts: dict[str, int] = field(default_factory=dict)
     parts: list[_Part] = field(default_factory=list)
     error: dict[str, Any] | None = None
+    #: Holds the long base64 strings (images) the JSON events name by placeholder.
+    blobs: BlobExtractor = field(default_factory=BlobExtractor)
     _current: _Part | None = None
 
     def feed(self, path: Path, event: str, value: Any) -> None:
+        if event == "string" and path[-2:] != _INLINE_DATA and self.blobs.is_placeholder(value):
+            if path[-1] == "thoughtSignature":  # long, base64, and never read
+                self.blobs.discard(value)
+                return
+            try:
+                value = self.blobs.as_text(value)  # a long base64 string where text is expected
+            except ValueError as exc:
+                raise malformed(f"invalid base64 in {'.'.join(path)}") from exc
         if path[:4] == _PARTS:
             self._feed_part(path, event, value)
         elif path == ("candidates", "item"):
@@ -153,11 +165,14 @@ class _GeminiAnswer:
         elif leaf == ("inlineData", "data"):
             if event != "string":
                 raise malformed("inlineData.data is not a string")
-            if value and not part.thought:
-                try:
-                    part.image = decode_base64(value)
-                except ValueError as exc:
-                    raise malformed("invalid base64 in inlineData.data") from exc
+            if not value or part.thought:
+                self.blobs.discard(value)  # an interim thought image: never kept, freed now
+                return
+            try:
+                image = self.blobs.take(value)
+                part.image = decode_base64(value) if image is None else image
+            except ValueError as exc:
+                raise malformed("invalid base64 in inlineData.data") from exc
         elif leaf == ("fileData", "fileUri") and event == "string":
             part.file_uri = value
         elif leaf == ("fileData", "mimeType") and event == "string":
@@ -240,7 +255,7 @@ class GeminiProtocol:
         answer = _GeminiAnswer()
         top_level: str | None = None
         try:
-            async with aclosing(json_events(response.aiter_bytes())) as events:
+            async with aclosing(json_events(response.aiter_bytes(), answer.blobs)) as events:
                 async for path, event, value in events:
                     if top_level is None:
                         top_level = event

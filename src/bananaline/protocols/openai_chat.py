@@ -36,6 +36,7 @@ import httpx
 from ..errors import ErrorKind, GenerationError, register_secret
 from ..types import Usage
 from .base import DecodedResponse, EncodedRequest, RawImage, UrlFetcher, WireCall
+from .blobs import BlobExtractor
 from .content import error_fields, error_from_body, no_image_error
 from .gemini import accepts_image_size, base64_bytes, to_json_bytes
 from .streaming import Path, decode_base64, find_data_uris, json_events, malformed, parse_data_uri_header
@@ -64,6 +65,11 @@ _IMAGE_LEAVES = {
     ("image", "url"),
 }
 _B64_LEAVES = {("b64Json",), ("imageUrl", "b64Json"), ("image", "b64Json")}
+
+
+def _is_b64_field(path: Path) -> bool:
+    """A ``b64_json`` field of a content part or an ``images[]`` entry: pure base64 by contract."""
+    return path[:5] in (_CONTENT_PART, _IMAGES_ITEM) and path[5:] in _B64_LEAVES
 
 
 def openai_url(base_url: str) -> str:
@@ -97,9 +103,16 @@ class _OpenAIAnswer:
     model: str | None = None
     block_reason: str | None = None
     error: dict[str, Any] | None = None
+    #: Holds the long base64 strings (``b64_json`` images) the JSON events name by placeholder.
+    blobs: BlobExtractor = field(default_factory=BlobExtractor)
     _entry: _Entry | None = None
 
     def feed(self, path: Path, event: str, value: Any) -> None:
+        if event == "string" and not _is_b64_field(path) and self.blobs.is_placeholder(value):
+            try:
+                value = self.blobs.as_text(value)  # a long base64 string where text is expected
+            except ValueError as exc:
+                raise malformed(f"invalid base64 in {'.'.join(path)}") from exc
         if path[:3] == _MESSAGE:
             self._feed_message(path, event, value)
         elif path == _CHOICE:
@@ -159,7 +172,14 @@ class _OpenAIAnswer:
             self._absorb_image_string(value)
         elif leaf in _B64_LEAVES:
             self.has_content = True
-            self._add_base64(value, 0, None)
+            try:
+                data = self.blobs.take(value)
+            except ValueError as exc:
+                raise malformed("invalid base64 in an image") from exc
+            if data is None:
+                self._add_base64(value, 0, None)
+            else:
+                self.slots.append(RawImage(data, None))
 
     def _add_base64(self, text: str, start: int, end: int | None, mime: str | None = None) -> None:
         if (end if end is not None else len(text)) <= start:
@@ -306,7 +326,7 @@ class OpenAIChatProtocol:
         answer = _OpenAIAnswer()
         first = True
         try:
-            async with aclosing(json_events(response.aiter_bytes())) as events:
+            async with aclosing(json_events(response.aiter_bytes(), answer.blobs)) as events:
                 async for path, event, value in events:
                     if first:
                         first = False

@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -46,6 +45,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = await asyncio.to_thread(_build_state, settings, metrics)
         app.state.bananaline = state
+        await state.tasks.start()
         metrics.track_in_flight("task", lambda: state.tasks.in_flight)
         metrics.track_in_flight("batch", lambda: len(state.batch_runs or {}))
         log.info("service_started", db=_safe_db(settings.db_url), store=repr(state.store))
@@ -107,7 +107,7 @@ def _build_state(settings: Settings, metrics: ServiceMetrics) -> AppState:
         usage=usage,
         limiter=limiter,
         metrics=metrics,
-        tasks=TaskRegistry(engine, instance_id=secrets.token_hex(8)),
+        tasks=TaskRegistry(engine, interrupted={"plugin": plugin.interrupted_answer}),
         client=client,
         store=store,
         generation=GenerationService(settings, client, store, usage, limiter, metrics),

@@ -22,7 +22,7 @@ from urllib.parse import quote, unquote
 from .. import catalog
 from ..client import ImageClient
 from ..config import Settings
-from ..delivery import result_metadata
+from ..delivery import store_result
 from ..errors import ErrorKind, GenerationError
 from ..logs import get_logger
 from ..storage import ImageStore
@@ -169,29 +169,25 @@ class GenerationService:
         files_base_url: str,
         task_id: str | None,
     ) -> list[FileRecord]:
+        """Store through the one ``delivery.store_result``; a ``file://`` store is served by this app
+        under ``/files/…``, and nothing a caller sees is a path on this host."""
         assert self.store is not None
-        metadata = result_metadata(result, caller=principal.label, source=source, task_id=task_id)
+        local = self.store.local_root is not None
+        stored_images = await store_result(
+            result,
+            self.store,
+            url_for_key=(lambda key: files_url(files_base_url, key)) if local else None,
+            skip_failed=True,
+            caller=principal.label,
+            source=source,
+            task_id=task_id,
+        )
         records = []
-        for image in result.images:
-            try:
-                stored = await self.store.put_image(image.data, mime=image.mime, metadata=metadata)
-            except GenerationError as error:
-                log.warning("store_failed", error=error.message)
-                result.warnings.append("storage_failed")
+        for image, stored in zip(result.images, stored_images, strict=True):
+            if stored is None:
                 continue
-            image.storage_status = stored.status
-            if stored.status == "stored" and self.store.local_root is not None:
-                image.url = files_url(files_base_url, stored.key)
-                image.thumbnail_url = (
-                    files_url(files_base_url, stored.thumbnail_key) if stored.thumbnail_key else None
-                )
-                image.compressed_url = (
-                    files_url(files_base_url, stored.compressed_key) if stored.compressed_key else None
-                )
-            elif stored.status == "stored":
-                image.url, image.thumbnail_url = stored.url, stored.thumbnail_url
-                image.compressed_url = stored.compressed_url
-            else:
+            if stored.status != "stored":  # in the spool until it can be uploaded: no link yet
+                image.url = image.thumbnail_url = image.compressed_url = None
                 result.warnings.append("stored_locally")
             records.append(
                 FileRecord(

@@ -146,7 +146,7 @@ class Simulator:
             state.stats.call(protocol, call.model, call.prompt, None)
             return _error(protocol, 400, str(exc), model=call.model)
         chosen = state.faults.choose(directive, key_id(key), call.prompt, protocol)
-        state.stats.call(protocol, call.model, call.prompt, chosen.name)
+        state.stats.call(protocol, call.model, call.prompt, chosen.name, call_details(call))
         delay_s = config.hang_s if chosen.name == "hang" else chosen.latency_s
         if delay_s is None:
             delay_s = config.latency_s
@@ -290,3 +290,21 @@ def create_app(config: SimulatorConfig | None = None, state: SimulatorState | No
     )
     app.state.simulator = state
     return app
+
+
+def call_details(call: ParsedCall) -> dict[str, Any]:
+    """What a test may want to verify about a request it made: each reference's declared mime,
+    real format and size, and the image options, exactly as they reached the upstream."""
+    return {
+        "aspect_ratio": call.aspect_ratio,
+        "image_size": call.image_size,
+        "references": [
+            {
+                "mime": ref.mime,
+                "format": ref.image_format,
+                "bytes": ref.size_bytes,
+                "pixels": list(ref.pixels) if ref.pixels else None,
+            }
+            for ref in call.references
+        ],
+    }

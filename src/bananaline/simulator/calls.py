@@ -25,8 +25,10 @@ class BadRequest(ValueError):
 class Reference:
     mime: str
     size_bytes: int
+    #: The format Pillow found in the bytes ("PNG", "JPEG"...), to compare with the declared mime.
+    image_format: str | None = None
     #: Pixel size, or None for references passed by URL (never fetched).
-    pixels: tuple[int, int] | None
+    pixels: tuple[int, int] | None = None
 
 
 @dataclass
@@ -57,9 +59,10 @@ def decode_reference(mime: str, data: str) -> Reference:
     try:
         with Image.open(io.BytesIO(raw)) as img:
             pixels = img.size
+            image_format = img.format
     except (UnidentifiedImageError, OSError) as exc:
         raise BadRequest("Unable to process input image. Please retry or report the problem.") from exc
-    return Reference(mime, len(raw), pixels)
+    return Reference(mime, len(raw), image_format, pixels)
 
 
 def parse_gemini(model: str, body: Any) -> ParsedCall:

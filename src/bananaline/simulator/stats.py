@@ -58,6 +58,7 @@ class Stats:
         self._by_model: Counter[str] = Counter()
         self._by_protocol: Counter[str] = Counter()
         self._prompts: Counter[str] = Counter()
+        self._last_call: dict[str, Any] | None = None
 
     def begin(self, kid: str, path: str, counted: bool) -> None:
         """A request arrived. ``counted`` is False for control and file routes."""
@@ -84,9 +85,18 @@ class Stats:
             if entry is not None:
                 entry["in_flight"] -= 1
 
-    def call(self, protocol: str, model: str, prompt: str, fault: str | None) -> None:
-        """The request was parsed: count it by prompt, model and fault served."""
+    def call(
+        self, protocol: str, model: str, prompt: str, fault: str | None, details: dict[str, Any] | None = None
+    ) -> None:
+        """The request was parsed: count it by prompt, model and fault served. ``details`` (what the
+        references and image options looked like) is kept for the last call, for tests to check."""
         with self._lock:
+            self._last_call = {
+                "protocol": protocol,
+                "model": model,
+                "prompt_id": prompt_id(prompt),
+                **(details or {}),
+            }
             self._prompts[prompt_id(prompt)] += 1
             self._by_model[model] += 1
             self._by_protocol[protocol] += 1
@@ -106,4 +116,5 @@ class Stats:
                 "by_model": dict(self._by_model),
                 "by_protocol": dict(self._by_protocol),
                 "prompts": dict(self._prompts),
+                "last_call": self._last_call,
             }

@@ -5,6 +5,8 @@ carry the image as a markdown data URI in ``message.content`` (what relays do) a
 ``message.images[]``; image generations answer ``b64_json`` or a stored ``url``. Aspect ratio and
 size come from ``size`` (``1024x1024``, ``1K``, ``16:9``) or the extra fields ``aspect_ratio`` /
 ``image_size`` / ``image_config``. Errors are OpenAI-shaped with ``code`` = the bananaline kind.
+With ``n > 1`` the images made are answered even if others failed (headers
+``X-Bananaline-Images-Failed`` / ``X-Bananaline-Error-Kind`` say so); the error only when none was.
 """
 
 from __future__ import annotations
@@ -23,13 +25,15 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from ... import catalog
-from ...errors import ErrorKind
+from ...errors import ErrorKind, GenerationError
+from ...logs import get_logger
 from ...types import GenerationResult
 from ..deps import get_state
 from ..http_errors import ServiceError
 from .gateway_common import build_request, check_model_name, data_uri, generate
 
 router = APIRouter(tags=["gateway"])
+log = get_logger("bananaline.service.gateway")
 
 _SCALE = {"512": 0.5, "1K": 1.0, "2K": 2.0, "4K": 4.0}
 _PIXELS = re.compile(r"^\s*(\d{2,5})\s*[xX×]\s*(\d{2,5})\s*$")
@@ -274,12 +278,13 @@ async def images_generations(body: ImageGenerationRequest, request: Request) -> 
         *(generate(request, generation_request, source="gateway_openai") for _ in range(count)),
         return_exceptions=True,
     )
-    failures = [r for r in results if isinstance(r, BaseException)]
-    if failures:
+    made = [result for result in results if isinstance(result, GenerationResult)]
+    failures = [result for result in results if isinstance(result, BaseException)]
+    if not made:
         raise failures[0]
+    headers = _partial_failure_headers(failures, requested=count, made=len(made))
     data: list[dict[str, Any]] = []
-    for result in results:
-        assert isinstance(result, GenerationResult)
+    for result in made:
         for image in result.images:
             if body.response_format == "b64_json":
                 data.append(
@@ -294,4 +299,20 @@ async def images_generations(body: ImageGenerationRequest, request: Request) -> 
                     "图片已生成但没有可用链接，请改用 b64_json",
                 )
             data.append({"url": image.url, "revised_prompt": None})
-    return JSONResponse({"created": int(time.time()), "data": data})
+    return JSONResponse({"created": int(time.time()), "data": data}, headers=headers)
+
+
+def _partial_failure_headers(failures: list[BaseException], *, requested: int, made: int) -> dict[str, str]:
+    """With ``n > 1``, the images that were made are answered (they were paid for) even when
+    others failed; OpenAI's shape has no room for the failures, so headers say what went wrong."""
+    if not failures:
+        return {}
+    kinds = []
+    for failure in failures:
+        if isinstance(failure, ServiceError | GenerationError):
+            kinds.append(str(failure.kind))
+        else:  # a bug, not a generation outcome: keep its traceback, answer what was made
+            log.error("images_generation_crashed", exc_info=failure)
+            kinds.append(ErrorKind.INTERNAL.value)
+    log.warning("images_partial", requested=requested, made=made, failed=len(failures), error_kinds=kinds)
+    return {"X-Bananaline-Images-Failed": str(len(failures)), "X-Bananaline-Error-Kind": kinds[0]}

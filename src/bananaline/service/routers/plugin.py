@@ -169,15 +169,33 @@ def _running(task_id: str) -> dict[str, Any]:
     }
 
 
-_INTERRUPTED = {
-    "analysis": FAILURE,
-    "url": "",
-    "urls": [],
-    "error": "服务在图片完成前停止，请重试 / the service stopped before the image was ready; please retry",
-    "error_kind": "interrupted",
-    "warnings": [],
-    "status": "failed",
+_INTERRUPTIONS = {
+    "service_stopped": (
+        "服务在图片完成前停止，请重试",
+        "the service stopped before the image was ready; please retry",
+    ),
+    "service_restarted": (
+        "服务重启，图片生成已中断，请重试",
+        "the service restarted while the image was being made; please retry",
+    ),
 }
+
+
+def interrupted_answer(detail: str) -> dict[str, Any]:
+    """What a plugin task records when it cannot finish: ``internal`` (the service failed, not the
+    request nor the upstream) with the reason in the message, so a workflow can simply retry."""
+    message_zh, message = _INTERRUPTIONS.get(
+        detail, ("内部错误，图片生成已中断，请重试", "an internal error stopped the generation; please retry")
+    )
+    return {
+        "analysis": FAILURE,
+        "url": "",
+        "urls": [],
+        "error": f"{message_zh} / {message} ({detail})",
+        "error_kind": ErrorKind.INTERNAL.value,
+        "warnings": [],
+        "status": "failed",
+    }
 
 
 def _http_status(answer: dict[str, Any]) -> int:
@@ -237,7 +255,6 @@ async def generate_image(body: PluginRequest, request: Request) -> JSONResponse:
         kind="plugin",
         request_summary=summary_of(generation_request),
         work=work,
-        interrupted=_INTERRUPTED,
     )
     answer = await state.tasks.wait(task_id, state.settings.plugin_wait_s)
     if answer is None:
