@@ -90,9 +90,12 @@ async def test_store_killed_mid_batch_then_flushed(moto_process: MotoProcess, tm
     confirmed: list[StoredImage] = []
     verified_before_kill: set[str] = set()
     enough_confirmed = asyncio.Event()
+    killed = asyncio.Event()
     in_flight = asyncio.Semaphore(3)
 
     async def put(i: int) -> StoredImage:
+        if i >= 10:  # the second half is certain to meet a dead server, however fast the first was
+            await killed.wait()
         async with in_flight:
             stored = await store.put_image(images[i], mime="image/png", metadata=metadata[i])
         if stored.status == "stored":
@@ -108,6 +111,7 @@ async def test_store_killed_mid_batch_then_flushed(moto_process: MotoProcess, tm
             assert _sha(body["Body"].read()) == stored.sha256
             verified_before_kill.add(stored.sha256)
         moto_process.kill()
+        killed.set()
 
     killer = asyncio.create_task(kill_part_way())
     results = await asyncio.gather(*(put(i) for i in range(20)))
