@@ -79,7 +79,9 @@ class Settings(BaseSettings):
     # storage
     store_url: str = "file://./data/images"
     spool_dir: Path = Path("data/spool")
-    public_base_url: str | None = None
+    #: URL template for a store's objects ({bucket}, {endpoint}, {key}), e.g. a CDN domain;
+    #: the store URL's own ``?public_base_url=`` wins over it.
+    store_public_url: str | None = None
     presign_expiry_s: int = 7 * 24 * 3600
     make_compressed: bool = True
     compressed_long_edge_px: int = 4500
@@ -101,6 +103,8 @@ class Settings(BaseSettings):
     db_url: str = "sqlite:///bananaline.db"
     concurrency: int = Field(8, ge=1)
     secret_key: SecretStr | None = None
+    #: The service's own public address behind a proxy: absolute links and the OpenAPI ``servers``.
+    public_base_url: str | None = None
     plugin_wait_s: float = 150.0
     max_upload_bytes: int = 50 * 1024 * 1024
 

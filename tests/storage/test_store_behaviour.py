@@ -237,7 +237,7 @@ async def test_s3_public_base_url_template(moto_endpoint: str, s3_bucket: str, t
 async def test_s3_settings_public_base_url_and_presign_override(
     moto_endpoint: str, s3_bucket: str, tmp_path: Path
 ) -> None:
-    settings = make_settings(tmp_path, public_base_url="https://{bucket}.cdn.test/{key}")
+    settings = make_settings(tmp_path, store_public_url="https://{bucket}.cdn.test/{key}")
     plain = ImageStore.from_url(f"s3://{s3_bucket}?endpoint={moto_endpoint}", settings=settings)
     assert await plain.url_for("a/b.png") == f"https://{s3_bucket}.cdn.test/a/b.png"
     forced = ImageStore.from_url(f"s3://{s3_bucket}?endpoint={moto_endpoint}&presign=true", settings=settings)

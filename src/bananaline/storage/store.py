@@ -119,7 +119,7 @@ class ImageStore:
 
     @classmethod
     def from_url(cls, url: str | None = None, *, settings: Settings) -> ImageStore:
-        location = parse_store_url(url or settings.store_url, public_base_url=settings.public_base_url)
+        location = parse_store_url(url or settings.store_url, public_base_url=settings.store_public_url)
         return cls(location, build_operator(location, settings), settings)
 
     def __repr__(self) -> str:
