@@ -228,8 +228,14 @@ async def list_jobs(request: Request, principal: Principal = Depends(require_cal
 
 
 def _public_urls(request: Request, status: Any) -> None:
-    """Rewrite ``file://`` URLs of the app-served store into ``/files/…`` links."""
+    """Rewrite ``file://`` URLs of the app-served store into ``/files/…`` links; an image that
+    only reached the local spool has no link a caller could use, and its server path is nobody's
+    business, so its URLs are blanked (the row still says ``stored_locally``)."""
     state = get_state(request)
+    for row in status.rows:
+        for image in row.images:
+            if image.storage_status == "stored_locally":
+                image.url = image.thumbnail_url = image.compressed_url = None
     root = state.store.local_root if state.store is not None else None
     if root is None:
         return
