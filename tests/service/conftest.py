@@ -107,6 +107,17 @@ _log_streams: dict[Path, Any] = {}
 
 
 @pytest.fixture(scope="session")
+def simulator() -> Iterator[Any]:
+    """The service tests' own upstream (it overrides the session-wide one for this directory):
+    tasks that the session-long services leave running can never touch another directory's
+    simulator and its ``requests_total == 0`` assertions."""
+    from bananaline.simulator import SimulatorServer
+
+    with SimulatorServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
 def service_log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Everything the service logs during the session, as JSON lines, for the secrecy checks."""
     path = tmp_path_factory.mktemp("logs") / "service.jsonl"

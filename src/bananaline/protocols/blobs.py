@@ -63,7 +63,8 @@ class _Blob:
         if self.out is None:
             return
         end = len(data) if end is None else end
-        if any(data.find(byte, start, end) >= 0 for byte in (b"\\", b"-", b"_")):
+        find = data.find
+        if find(b"\\", start, end) >= 0 or find(b"-", start, end) >= 0 or find(b"_", start, end) >= 0:
             piece = data[start:end]
             if b"\\" in piece:
                 if _BAD_ESCAPE.search(piece):
