@@ -12,17 +12,16 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 
 from bananaline.batch.models import ImageRecord, JobRecord
 from bananaline.db.base import make_engine
 from bananaline.simulator import prompt_id
+from pg_support import fresh_postgres_schema
 
-PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 ROWS = 40
 
 
@@ -69,22 +68,8 @@ def db_url(request, tmp_path):
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'jobs.db'}"
         return
-    try:
-        admin = make_engine(PG_URL, connect_args={"connect_timeout": 3})
-        with admin.connect() as conn:
-            conn.execute(text("select 1"))
-    except Exception as exc:  # noqa: BLE001
-        message = f"PostgreSQL at 127.0.0.1:5432/test is unreachable: {exc.__class__.__name__}"
-        if os.environ.get("TEST_REQUIRE_POSTGRES") == "1":  # CI sets this: a skip there would hide a gap
-            pytest.fail(message)
-        pytest.skip(message)
-    schema = f"bl_kill_{uuid.uuid4().hex[:10]}"
-    with admin.begin() as conn:
-        conn.execute(text(f'create schema "{schema}"'))
-    yield f"{PG_URL}?options=-csearch_path%3D{schema}"
-    with admin.begin() as conn:
-        conn.execute(text(f'drop schema "{schema}" cascade'))
-    admin.dispose()
+    with fresh_postgres_schema("bl_kill") as (url, _schema):
+        yield url
 
 
 def test_sigkill_mid_run_then_resume_finishes_every_row_exactly_once(fast_sim, tmp_path, db_url):

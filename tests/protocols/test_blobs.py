@@ -15,7 +15,7 @@ import pytest
 from bananaline.errors import ErrorKind, GenerationError
 from bananaline.protocols import get_protocol
 from bananaline.protocols.blobs import BLOB_THRESHOLD, BlobExtractor
-from bananaline.protocols.streaming import READ_SIZE
+from bananaline.protocols.streaming import READ_SIZE, AsyncByteReader
 
 gemini = get_protocol("gemini")
 openai = get_protocol("openai")
@@ -253,3 +253,18 @@ async def test_openai_invalid_b64_json_blob_is_malformed(tools):
         await openai.decode(tools.streamed(body), tools.no_fetch)
     assert caught.value.kind is ErrorKind.MALFORMED_RESPONSE
     assert caught.value.detail == "invalid base64 in an image"
+
+
+async def test_reader_filters_gathered_chunks_and_counts_network_bytes():
+    async def chunks():
+        for piece in pieces(BODY, 1000):
+            yield piece
+
+    blobs = BlobExtractor()
+    reader = AsyncByteReader(chunks(), blobs)
+    seen = b""
+    while piece := await reader.read(4096):
+        seen += piece
+    assert reader.bytes_read == len(BODY) and len(seen) < 400
+    value = json.loads(seen)["data"]
+    assert blobs.take(value) == IMAGE and blobs.pending == 0

@@ -8,9 +8,7 @@ server at 127.0.0.1:5432 the module skips, unless ``TEST_REQUIRE_POSTGRES=1`` (C
 from __future__ import annotations
 
 import json
-import os
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from typer.testing import CliRunner
 from bananaline.cli import app as cli_app
 from bananaline.db import make_engine, upgrade
 from bananaline.service import tables
+from pg_support import fresh_postgres_schema
 
 from .conftest import SECRET_KEY, RunningService, service_settings
 from .helpers import poll_task, upstream_requests
@@ -29,30 +28,13 @@ from .test_jobs import wait_complete
 
 pytestmark = pytest.mark.postgres
 
-PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
 @pytest.fixture(scope="module")
 def pg_schema() -> Iterator[tuple[str, str]]:
     """(db_url, schema): a fresh schema on the local server, dropped at the end."""
-    try:
-        admin = make_engine(PG_URL, connect_args={"connect_timeout": 3})
-        with admin.connect() as conn:
-            conn.execute(text("select 1"))
-    except Exception as exc:  # noqa: BLE001
-        message = f"PostgreSQL at 127.0.0.1:5432/test is unreachable: {exc.__class__.__name__}"
-        if os.environ.get("TEST_REQUIRE_POSTGRES") == "1":  # CI sets this: a skip there would hide a gap
-            pytest.fail(message)
-        pytest.skip(message)
-    schema = f"bl_service_{uuid.uuid4().hex[:10]}"
-    with admin.begin() as conn:
-        conn.execute(text(f'create schema "{schema}"'))
-    try:
-        yield f"{PG_URL}?options=-csearch_path%3D{schema}", schema
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f'drop schema "{schema}" cascade'))
-        admin.dispose()
+    with fresh_postgres_schema("bl_service") as schema:
+        yield schema
 
 
 @pytest.fixture(scope="module")

@@ -9,13 +9,11 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import boto3
 import httpx
-import pytest
 from pydantic import SecretStr
 
 from .conftest import RunningService, service_settings
@@ -23,19 +21,6 @@ from .helpers import image_size
 
 ACCESS_KEY_ID = "AKIDSERVICESTORETEST"
 SECRET_ACCESS_KEY = "service-store-secret-5d1e"
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
 
 
 def _s3_service(tmp_path: Path, simulator: Any, store_url: str) -> RunningService:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..config import Settings
+from ..instances import LIVE_INSTANCES
 from .columns import ColumnConfig, RowPlanner
 from .keys import KeyRing
 from .limits import Limiters
@@ -30,7 +31,7 @@ from .report import BatchSummary, summarize
 from .results import BatchInfo, BatchStatus, batch_info, fold_rows, output_rows
 from .runner import BatchRun
 from .sheets import write_table
-from .store import LIVE_RUN_TOKENS, JobStore, NewRow, new_run_token
+from .store import JobStore, NewRow, new_run_token
 
 if TYPE_CHECKING:
     from ..client import ImageClient
@@ -219,7 +220,7 @@ class BatchEngine:
             return loop.run_in_executor(executor, partial(fn, *args, **kwargs))
 
         run_token = new_run_token()
-        LIVE_RUN_TOKENS.add(run_token)
+        LIVE_INSTANCES.add(run_token)
         limiters = Limiters(ceiling, lambda caller: _limits(self.keyring, caller))
         try:
             await db(self.jobs.recover, batch_id)
@@ -249,7 +250,7 @@ class BatchEngine:
             )
             return summary
         finally:
-            LIVE_RUN_TOKENS.discard(run_token)
+            LIVE_INSTANCES.discard(run_token)
             executor.shutdown(wait=True)
 
     @contextlib.asynccontextmanager

@@ -13,8 +13,6 @@ Durability rules that make ``kill -9`` harmless:
 from __future__ import annotations
 
 import json
-import os
-import socket
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -25,6 +23,7 @@ from sqlalchemy import Engine, delete, func, insert, select, update
 
 from ..db.base import make_engine
 from ..db.migrate import upgrade
+from ..instances import known_gone, new_instance_id
 from .models import (
     CANCELLED,
     DONE,
@@ -36,10 +35,6 @@ from .models import (
     JobRecord,
     RowRecord,
 )
-
-HOSTNAME = socket.gethostname()
-#: Run tokens of runners alive in this process (a crashed in-process run leaves its token behind).
-LIVE_RUN_TOKENS: set[str] = set()
 
 
 @dataclass(frozen=True)
@@ -87,26 +82,11 @@ class JobOutcome:
 
 
 def new_run_token() -> str:
-    return f"{HOSTNAME}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+    return new_instance_id()
 
 
 def _runner_gone(lease_owner: str | None) -> bool:
-    if not lease_owner:
-        return True
-    host, _, rest = lease_owner.partition(":")
-    pid_text, _, _token = rest.partition(":")
-    if host != HOSTNAME or not pid_text.isdigit():
-        return False  # another machine: only its lease expiry can tell
-    pid = int(pid_text)
-    if pid == os.getpid():
-        return lease_owner not in LIVE_RUN_TOKENS
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+    return not lease_owner or known_gone(lease_owner)
 
 
 class JobStore:

@@ -39,6 +39,9 @@ from .blobs import BlobExtractor
 
 READ_SIZE = 2 * 1024 * 1024
 BASE64_CHUNK_CHARS = 1024 * 1024  # a multiple of 4: slices stay aligned to base64 quanta
+#: Network chunks are gathered to this size before the blob filter sees them: loopback and busy
+#: sockets hand over a few KiB at a time, and the filter costs a few microseconds per call.
+FILTER_SIZE = 64 * 1024
 
 Path = tuple[str, ...]
 
@@ -54,6 +57,7 @@ class AsyncByteReader:
     def __init__(self, chunks: AsyncIterable[bytes], blobs: BlobExtractor | None = None) -> None:
         self._chunks: AsyncIterator[bytes] = aiter(chunks)
         self._blobs = blobs
+        self._raw = bytearray()  # network chunks not yet filtered (see FILTER_SIZE)
         self._buffer = bytearray()
         self._exhausted = False
         self.bytes_read = 0
@@ -67,11 +71,12 @@ class AsyncByteReader:
             except StopAsyncIteration:
                 self._exhausted = True
                 if self._blobs is not None:
-                    self._buffer += self._blobs.finish()
+                    self._buffer += self._blobs.feed(bytes(self._raw)) + self._blobs.finish()
+                    self._raw.clear()
                 break
             self.bytes_read += len(chunk)
             if self._blobs is not None:
-                chunk = self._blobs.feed(chunk)
+                chunk = self._filter(chunk)
                 if not chunk:
                     continue
             if not self._buffer and len(chunk) == size:
@@ -85,6 +90,18 @@ class AsyncByteReader:
             out = bytes(view[:size])
         del self._buffer[:size]
         return out
+
+    def _filter(self, chunk: bytes) -> bytes:
+        """Chunk through the blob filter, small network chunks gathered to FILTER_SIZE first."""
+        assert self._blobs is not None
+        if not self._raw and len(chunk) >= FILTER_SIZE:
+            return self._blobs.feed(chunk)
+        self._raw += chunk
+        if len(self._raw) < FILTER_SIZE:
+            return b""
+        gathered = bytes(self._raw)
+        self._raw.clear()
+        return self._blobs.feed(gathered)
 
 
 def malformed(detail: str) -> GenerationError:

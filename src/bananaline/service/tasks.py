@@ -30,9 +30,9 @@ from typing import Any
 
 from sqlalchemy import Engine, insert, or_, select, update
 
+from ..instances import LIVE_INSTANCES, known_gone, new_instance_id
 from ..logs import get_logger
 from . import tables
-from .instances import LIVE_INSTANCES, known_gone, new_instance_id
 
 #: Produces the task's final answer (a JSON-able dict with a ``status`` of done/failed).
 TaskWork = Callable[[str], Awaitable[dict[str, Any]]]

@@ -1,7 +1,8 @@
-"""Who runs a task: a per-process instance id that another process can judge alive or gone.
+"""Who holds a lease: a per-process instance id that another process can judge alive or gone.
 
-Several uvicorn workers (and several hosts) share one database, so a worker starting up must not
-take another live worker's tasks for orphans. An instance id is ``<machine>:<pid>:<random>``:
+Batch runs (job leases) and service workers (task leases) share one database with other
+processes and hosts, so a process starting up must not take a live process's work for orphans.
+An instance id is ``<machine>:<pid>:<random>``:
 
 * ``machine`` is a short digest of the hostname, the boot id and the PID namespace, so two
   containers that share a hostname (``--network host``) never judge each other's PIDs;
@@ -9,7 +10,7 @@ take another live worker's tasks for orphans. An instance id is ``<machine>:<pid
   tasks are orphans at once, without waiting for their lease to run out;
 * in this very process, only ids in :data:`LIVE_INSTANCES` are alive (tests and embedders run
   several apps in one process; an app whose lifespan never ended cleanly leaves its id behind);
-* anywhere else, only the lease the owner renews can tell (see ``tasks.TaskRegistry``).
+* anywhere else, only the lease the owner renews can tell (``service.tasks``, ``batch.store``).
 """
 
 from __future__ import annotations
