@@ -38,8 +38,10 @@ _BACKSLASH = 0x5C
 #: The body of a JSON string from a backslash on: stops at the closing quote, at the end of the
 #: data, or before a lone backslash that ends the data (its escaped character comes next read).
 _STRING_BODY = re.compile(rb'[^"\\]*(?:\\.[^"\\]*)*', re.DOTALL)
+_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=_-"
 #: Base64 (standard or URL-safe, ``=`` padding) with the escapes a serialiser may put in it.
-_BASE64_JSON = re.compile(rb"(?:[A-Za-z0-9+/=_-]|\\[/nrt])*")
+#: Unrolled (runs, then escape + run): a repeated alternation costs ~20x more per byte in ``re``.
+_BASE64_JSON = re.compile(rb"[A-Za-z0-9+/=_-]*(?:\\[/nrt][A-Za-z0-9+/=_-]*)*")
 _BAD_ESCAPE = re.compile(rb"\\(?![/nrt])")
 _ESCAPE = re.compile(rb"\\(?:(/)|[nrt])")
 _URLSAFE = bytes.maketrans(b"-_", b"+/")
@@ -213,7 +215,8 @@ class BlobExtractor:
     def _release_held(self) -> bytes:
         """The held string is long: make it a blob if it is base64, else let it through."""
         held = self._held
-        if _BASE64_JSON.fullmatch(held):
+        others = held.translate(None, _ALPHABET)  # 3x faster than the regex on plain base64
+        if not others or (not others.strip(b"\\") and _BASE64_JSON.fullmatch(held)):
             index = self._count
             self._count += 1
             blob = self._blob = self._blobs[index] = _Blob()
