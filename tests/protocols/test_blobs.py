@@ -268,3 +268,171 @@ async def test_reader_filters_gathered_chunks_and_counts_network_bytes():
     assert reader.bytes_read == len(BODY) and len(seen) < 400
     value = json.loads(seen)["data"]
     assert blobs.take(value) == IMAGE and blobs.pending == 0
+
+
+# --- data URIs inside text (the OpenAI markdown shape) -------------------------------------------
+
+
+def run_text(chunks: list[bytes], threshold: int = BLOB_THRESHOLD) -> tuple[bytes, Any, BlobExtractor]:
+    """Filter ``chunks`` with data URI runs taken out: what the parser sees, that parsed with the
+    inline placeholders expanded back to base64 text, and the extractor."""
+    blobs = BlobExtractor(threshold, data_uris=True)
+    seen = b"".join(blobs.feed(chunk) for chunk in chunks) + blobs.finish()
+
+    def restore(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {restore(key): restore(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [restore(item) for item in value]
+        return blobs.expand(value) if isinstance(value, str) else value
+
+    return seen, restore(json.loads(seen)), blobs
+
+
+MD_HEAD = (
+    b'{"id":"x","choices":[{"message":{"content":"Here you go \\"now\\"\\n\\n![image](data:image/png;base64,'
+)
+MD_TAIL = b') and \\u00e9 after \\\\ data:ima","role":"assistant"}}],"z":"data:image/png;base64,QUJD"}'
+MD_BODY = MD_HEAD + B64 + MD_TAIL
+
+
+def _content(parsed: Any) -> str:
+    return str(parsed["choices"][0]["message"]["content"])
+
+
+def test_markdown_data_uri_at_any_chunk_size():
+    for size in (1, 3, 7, 4096, READ_SIZE):
+        seen, parsed, blobs = run_text(pieces(MD_BODY, size))
+        assert len(seen) < 400, size  # the payload never reached the parser
+        assert parsed == json.loads(MD_BODY), size  # everything else exactly as it came
+        assert blobs.pending == 0
+
+
+def test_markdown_data_uri_split_at_every_byte_near_its_prefix_threshold_and_end():
+    prefix = MD_HEAD.index(b"data:image/")
+    start, end = len(MD_HEAD), len(MD_HEAD) + len(B64)
+    near = [*range(prefix - 12, start + 12), *range(start + BLOB_THRESHOLD - 6, start + BLOB_THRESHOLD + 6)]
+    near += range(end - 12, end + 12)
+    expected = json.loads(MD_BODY)
+    for cut in near:
+        seen, parsed, blobs = run_text([MD_BODY[:cut], MD_BODY[cut:]])
+        content = _content(json.loads(seen))  # as the parser saw it
+        head = 'Here you go "now"\n\n![image](data:image/png;base64,\0bananaline-blob:'
+        assert content.startswith(head), cut
+        assert content.endswith("\0) and é after \\ data:ima"), cut
+        assert parsed == expected and blobs.pending == 0, cut  # the image's base64, as it came
+
+
+def test_short_data_uris_pass_through_byte_identical():
+    short = B64[: BLOB_THRESHOLD - 4]
+    bodies = [
+        b'{"url":"data:image/png;base64,' + short + b'"}',  # a short string
+        b'{"c":"' + b"x " * BLOB_THRESHOLD + b"![a](data:image/png;base64," + short + b') end"}',  # long
+        b'{"c":"![a](data:image/png;base64,' + short + b")" + b"y " * BLOB_THRESHOLD + b'"}',
+    ]
+    for body in bodies:
+        for size in (7, 1000, READ_SIZE):
+            blobs = BlobExtractor(data_uris=True)
+            assert b"".join(blobs.feed(chunk) for chunk in pieces(body, size)) + blobs.finish() == body
+            assert blobs.pending == 0
+
+
+def test_two_data_uris_and_an_escaped_slash_in_one_string():
+    other = random.Random(12).randbytes(100_000)
+    other_b64 = base64.b64encode(other).replace(b"/", b"\\/")  # \/ inside the payload too
+    body = (
+        b'{"c":"one ![a](data:image\\/png;base64,' + B64 + b")\\ntwo ![b](data:image\\/jpeg;base64,"
+        + other_b64 + b') three"}'
+    )
+    for size in (3, 65536):
+        blobs = BlobExtractor(data_uris=True)
+        seen = b"".join(blobs.feed(chunk) for chunk in pieces(body, size)) + blobs.finish()
+        content = json.loads(seen)["c"]
+        assert len(seen) < 300 and blobs.pending == 2
+        first, second = (part.split(")")[0] for part in content.split("base64,")[1:])
+        assert (blobs.take(first), blobs.take(second)) == (IMAGE, other)
+        assert content.startswith("one ![a](data:image/png;base64,\0") and content.endswith("\0) three")
+
+
+def test_discard_inline_frees_the_blobs_of_dropped_text():
+    body = b'{"c":"a data:image/png;base64,' + B64 + b" b data:image/png;base64," + B64 + b'"}'
+    blobs = BlobExtractor(data_uris=True)
+    seen = blobs.feed(body) + blobs.finish()
+    content = json.loads(seen)["c"]
+    assert blobs.pending == 2 and len(seen) < 300
+    blobs.discard_inline(content)
+    assert blobs.pending == 0
+
+
+def _openai_body(message: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"choices": [{"message": message, "finish_reason": "stop"}], **extra}
+
+
+OTHER = random.Random(13).randbytes(110_000)
+OTHER_URI = "data:image/jpeg;base64," + base64.b64encode(OTHER).decode()
+URI = "data:image/png;base64," + B64.decode()
+
+
+async def test_openai_markdown_images_decode_and_the_text_around_them_is_kept(tools):
+    text = 'Here you go\n\n![image]({}) and "more" é \\ text\n![second]({})\nend'
+    long = _openai_body({"content": text.format(URI, OTHER_URI)}, model="m-1")
+    for size in (1000, READ_SIZE):
+        decoded = await openai.decode(tools.streamed(long, chunk_size=size), tools.no_fetch)
+        assert [image.data for image in decoded.images] == [IMAGE, OTHER]
+        assert [image.declared_mime for image in decoded.images] == ["image/png", "image/jpeg"]
+        assert decoded.text == 'Here you go\n\n and "more" é \\ text\n\nend'
+    # The same text with short images reads the same (the path that never made blobs).
+    short_text = text.format("data:image/png;base64,QUJD", "data:image/jpeg;base64,REVG")
+    short = _openai_body({"content": short_text})
+    assert (await openai.decode(tools.streamed(short), tools.no_fetch)).text == decoded.text
+
+
+async def test_openai_images_url_and_content_parts(tools):
+    message = {
+        "content": [
+            {"type": "text", "text": f"look ![x]({OTHER_URI}) ok"},
+            {"type": "reasoning", "text": f"draft ![y]({URI[::-1]}) ![z]({OTHER_URI})"},  # dropped
+            {"type": "image_url", "image_url": {"url": URI}},
+        ],
+        "images": [{"type": "image_url", "image_url": {"url": f"data:image/webp;base64,{B64.decode()}\n"}}],
+    }
+    for size in (7001, READ_SIZE):
+        decoded = await openai.decode(tools.streamed(_openai_body(message), chunk_size=size), tools.no_fetch)
+        assert [image.data for image in decoded.images] == [OTHER, IMAGE]  # the repeat kept once
+        assert decoded.text == "look  ok"
+    message = {"images": [URI]}  # images: ["data:..."]
+    decoded = await openai.decode(tools.streamed(_openai_body(message)), tools.no_fetch)
+    assert [image.data for image in decoded.images] == [IMAGE]
+
+
+async def test_openai_escaped_slash_in_the_data_uri_prefix(tools):
+    body = (
+        b'{"choices":[{"message":{"content":"![i](data:image\\/png;base64,'
+        + B64.replace(b"/", b"\\/")
+        + b')","images":[{"image_url":{"url":"data:image\\/png;base64,'
+        + B64
+        + b'"}}]},"finish_reason":"stop"}]}'
+    )
+    for size in (3, 4096):
+        decoded = await openai.decode(tools.streamed(body, chunk_size=size), tools.no_fetch)
+        assert [image.data for image in decoded.images] == [IMAGE] and decoded.text is None
+
+
+@pytest.mark.parametrize("where", ["markdown", "url"])
+@pytest.mark.parametrize("length", ["long", "short"])
+async def test_openai_invalid_base64_in_a_data_uri_is_malformed(tools, where, length):
+    payload = B64.decode() if length == "long" else B64[:400].decode()
+    bad = payload[:301] + "=" + payload[302:]  # padding inside a quantum
+    uri = "data:image/png;base64," + bad
+    image = {"image_url": {"url": uri}}
+    message = {"content": f"x ![i]({uri}) y"} if where == "markdown" else {"images": [image]}
+    with pytest.raises(GenerationError) as caught:
+        await openai.decode(tools.streamed(_openai_body(message), chunk_size=5000), tools.no_fetch)
+    assert caught.value.kind is ErrorKind.MALFORMED_RESPONSE
+    assert caught.value.detail == "invalid base64 in an image"
+
+
+async def test_openai_long_data_uri_in_a_field_read_as_text_reads_as_before(tools):
+    body = _openai_body({"content": f"![i]({URI})"}, model=f"odd {URI} model")
+    decoded = await openai.decode(tools.streamed(body, chunk_size=9999), tools.no_fetch)
+    assert decoded.model_version == f"odd {URI} model" and decoded.images[0].data == IMAGE

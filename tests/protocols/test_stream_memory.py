@@ -137,4 +137,5 @@ async def test_openai_markdown_4k_answer_decodes_exactly_within_bounded_memory(b
         f"\nopenai markdown: image {len(big_image) / 2**20:.1f} MiB, "
         f"traced peak {peak / 2**20:.1f} MiB = {peak / len(big_image):.2f}x image"
     )
-    assert peak < 3 * len(big_image)
+    # The data URI's payload is decoded as it streams in (BlobExtractor data_uris): 2.41x before.
+    assert peak < 1.3 * len(big_image)

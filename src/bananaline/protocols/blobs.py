@@ -20,10 +20,21 @@ Inside a blob, the JSON escapes serialisers use on base64 are undone (``\\/`` be
 or a character outside the alphabet makes the blob invalid. An invalid blob is not an error
 until a decoder takes it (:meth:`~BlobExtractor.take` raises ``ValueError``), so a bad image in a
 part the decoder ignores (a thought) costs nothing, as before.
+
+With ``data_uris=True`` (the OpenAI decoder: relays put the image in markdown text as
+``![image](data:image/png;base64,...)``), a long string that is not base64 is scanned for
+``data:image/<subtype>;base64,`` prefixes (``\\/`` for the slash allowed). A base64 run after one
+(alphabet characters and ``\\/``, as :func:`~bananaline.protocols.streaming.find_data_uris`
+reads it) of at least the threshold becomes a blob for the run only: the parser sees the text,
+the prefix, an *inline* placeholder (the same, closed by a second ``\\u0000``) and the text from
+the first character after the run on. Shorter runs, and short strings, pass through unchanged.
+:meth:`BlobExtractor.inline_end` finds an inline placeholder in the parsed text;
+:meth:`BlobExtractor.expand` turns a text's inline placeholders back into base64.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import re
 import secrets
@@ -45,6 +56,27 @@ _BASE64_JSON = re.compile(rb"[A-Za-z0-9+/=_-]*(?:\\[/nrt][A-Za-z0-9+/=_-]*)*")
 _BAD_ESCAPE = re.compile(rb"\\(?![/nrt])")
 _ESCAPE = re.compile(rb"\\(?:(/)|[nrt])")
 _URLSAFE = bytes.maketrans(b"-_", b"+/")
+#: A data URI's header inside JSON string bytes; the payload starts at the match's end.
+_URI_PREFIX = re.compile(rb"data:image(?:/|\\/)[A-Za-z0-9.+-]{1,64};base64,")
+
+
+def _prefix_of(tokens: list[bytes]) -> re.Pattern[bytes]:
+    """A pattern for any non-empty start of ``tokens`` in sequence, ending at the data's end."""
+    nested = functools.reduce(lambda inner, head: head + b"(?:" + inner + b")?", reversed(tokens))
+    return re.compile(nested + rb"\Z")
+
+
+#: The tail of a span that may be the start of a :data:`_URI_PREFIX` (held back for the next).
+_URI_PARTIAL = _prefix_of(
+    [
+        *(bytes([char]) for char in b"data:image"),
+        rb"(?:\\\Z|(?:/|\\/)[A-Za-z0-9.+-]{0,64})",
+        *(bytes([char]) for char in b";base64"),
+    ]
+)
+_URI_PREFIX_MAX = 96
+#: A data URI's payload run in JSON string bytes (what find_data_uris reads, plus ``\/``).
+_URI_RUN = re.compile(rb"[A-Za-z0-9+/=_-]*(?:\\/[A-Za-z0-9+/=_-]*)*")
 _WINDOW = 1024 * 1024  # base64 chars decoded per call: a multiple of 4
 
 _OUTSIDE, _BUFFERING, _PASSING, _BLOB = range(4)
@@ -119,8 +151,9 @@ class BlobExtractor:
     """A byte-stream filter for one JSON body: :meth:`feed` each chunk, :meth:`finish` at the end,
     and pass what they return to the JSON parser. Long base64 strings come out as placeholders."""
 
-    def __init__(self, threshold: int = BLOB_THRESHOLD) -> None:
+    def __init__(self, threshold: int = BLOB_THRESHOLD, *, data_uris: bool = False) -> None:
         self.threshold = threshold
+        self.data_uris = data_uris
         self._prefix = f"\0bananaline-blob:{secrets.token_hex(8)}:"
         self._state = _OUTSIDE
         self._held = bytearray()  # a string's bytes, held back until it closes or is long enough
@@ -128,6 +161,12 @@ class BlobExtractor:
         self._blob: _Blob | None = None
         self._blobs: dict[int, _Blob] = {}
         self._count = 0
+        # Inside a long non-base64 string (data_uris only): the data URI run being read (None in
+        # plain text), its blob once it is long enough, and bytes kept for the next span (a
+        # possible prefix start, or a backslash whose escaped byte comes next).
+        self._run: bytearray | None = None
+        self._run_blob: _Blob | None = None
+        self._pending = b""
 
     # --- the stream side ---------------------------------------------------------------------
 
@@ -167,7 +206,13 @@ class BlobExtractor:
                 elif len(self._held) >= self.threshold:
                     out.append(self._release_held())
             elif self._state == _PASSING:
-                out.append(data[pos : end + closed])
+                if not self.data_uris:
+                    out.append(data[pos : end + closed])
+                else:
+                    self._scan(data, pos, end, out)
+                    if closed:
+                        self._end_text(out)
+                        out.append(b'"')
                 if closed:
                     self._state = _OUTSIDE
             else:
@@ -186,13 +231,16 @@ class BlobExtractor:
     def finish(self) -> bytes:
         """What is still held back at the end of the body (an unclosed string: the parser then
         reports the body as truncated, as it would have without this filter)."""
-        tail = bytes(self._held) + self._carry
+        tail = [bytes(self._held)]
         self._held.clear()
+        for blob in (self._blob, self._run_blob):
+            if blob is not None:
+                blob.fail("the string never closed")
+        self._blob = None
+        self._end_text(tail)
+        tail.append(self._carry)
         self._carry = b""
-        if self._blob is not None:
-            self._blob.fail("the string never closed")
-            self._blob = None
-        return tail
+        return b"".join(tail)
 
     def _string_end(self, data: bytes, pos: int) -> tuple[int, int]:
         """Where the string being read stops in ``data``, and 1 if that is its closing quote.
@@ -217,17 +265,85 @@ class BlobExtractor:
         held = self._held
         others = held.translate(None, _ALPHABET)  # 3x faster than the regex on plain base64
         if not others or (not others.strip(b"\\") and _BASE64_JSON.fullmatch(held)):
-            index = self._count
-            self._count += 1
-            blob = self._blob = self._blobs[index] = _Blob()
+            blob, released = self._new_blob(inline=False)
+            self._blob = blob
             blob.feed(bytes(held))
             self._state = _BLOB
-            released = ("\\u0000" + self._prefix[1:] + str(index)).encode("ascii")
         else:
             self._state = _PASSING
             released = bytes(held)
+            if self.data_uris:
+                parts: list[bytes] = []
+                self._scan(released, 0, len(released), parts)
+                released = b"".join(parts)
         self._held = bytearray()
         return released
+
+    def _new_blob(self, *, inline: bool) -> tuple[_Blob, bytes]:
+        """A registered blob and the placeholder (as JSON string bytes) that names it."""
+        index = self._count
+        self._count += 1
+        blob = self._blobs[index] = _Blob()
+        placeholder = "\\u0000" + self._prefix[1:] + str(index) + ("\\u0000" if inline else "")
+        return blob, placeholder.encode("ascii")
+
+    # --- data URIs inside text (data_uris only) --------------------------------------------------
+
+    def _scan(self, data: bytes, pos: int, end: int, out: list[bytes]) -> None:
+        """Pass on the string text ``data[pos:end]``, data URI runs past the threshold as blobs."""
+        if self._pending:
+            data, pos, end = self._pending + data[pos:end], 0, len(self._pending) + end - pos
+            self._pending = b""
+        while pos < end:
+            if self._run is not None:
+                pos = self._scan_run(data, pos, end, out)
+                continue
+            match = _URI_PREFIX.search(data, pos, end)
+            if match is None:
+                partial = _URI_PARTIAL.search(data, max(pos, end - _URI_PREFIX_MAX), end)
+                stop = end if partial is None else partial.start()
+                out.append(data[pos:stop])
+                self._pending = data[stop:end]
+                return
+            out.append(data[pos : match.end()])
+            pos = match.end()
+            self._run = bytearray()
+
+    def _scan_run(self, data: bytes, pos: int, end: int, out: list[bytes]) -> int:
+        """Read a data URI run from ``pos``: held while short, a blob once long. Where it ends."""
+        assert self._run is not None
+        match = _URI_RUN.match(data, pos, end)
+        assert match is not None  # the pattern matches the empty string
+        stop = match.end()
+        open_escape = stop == end - 1 and data[stop] == _BACKSLASH  # maybe \/: decided next span
+        if self._run_blob is None and len(self._run) + stop - pos >= self.threshold:
+            self._run_blob, placeholder = self._new_blob(inline=True)
+            self._run_blob.feed(bytes(self._run))
+            self._run = bytearray()
+            out.append(placeholder)
+        if self._run_blob is not None:
+            self._run_blob.feed(data, pos, stop)
+        else:
+            self._run += data[pos:stop]
+        if stop == end or open_escape:
+            self._pending = data[stop:end]
+            return end
+        self._end_run(out)
+        return stop
+
+    def _end_run(self, out: list[bytes]) -> None:
+        if self._run_blob is not None:
+            self._run_blob.close()
+            self._run_blob = None
+        elif self._run is not None:
+            out.append(bytes(self._run))  # a short run: the text as it came
+        self._run = None
+
+    def _end_text(self, out: list[bytes]) -> None:
+        """The string closes (or the body ends): what the scan still holds goes out."""
+        self._end_run(out)
+        out.append(self._pending)
+        self._pending = b""
 
     # --- the decoder side --------------------------------------------------------------------
 
@@ -237,10 +353,49 @@ class BlobExtractor:
     def _pop(self, value: str) -> _Blob | None:
         if not value.startswith(self._prefix):
             return None
+        digits = value[len(self._prefix) :]
+        if digits.endswith("\0"):  # an inline placeholder, as inline_end cuts it out of text
+            digits = digits[:-1]
         try:
-            return self._blobs.pop(int(value[len(self._prefix) :]))
+            return self._blobs.pop(int(digits))
         except (KeyError, ValueError):
             return None
+
+    def inline_end(self, text: str, pos: int) -> int | None:
+        """Where the inline placeholder at ``text[pos]`` ends (``text[pos:end]`` is what
+        :meth:`take` accepts), or ``None`` if there is none at ``pos``."""
+        if not text.startswith(self._prefix, pos):
+            return None
+        close = text.find("\0", pos + len(self._prefix))
+        digits = text[pos + len(self._prefix) : close]
+        return close + 1 if close >= 0 and digits.isdigit() and digits.isascii() else None
+
+    def discard_inline(self, text: str) -> None:
+        """Forget the bytes of every inline placeholder in ``text`` (text the decoder drops)."""
+        pos = 0
+        while (found := text.find(self._prefix, pos)) >= 0:
+            end = self.inline_end(text, found)
+            pos = found + 1 if end is None else end
+            if end is not None:
+                self.discard(text[found:end])
+
+    def expand(self, text: str) -> str:
+        """``text`` with every inline placeholder back as base64 text (an invalid blob raises
+        ``ValueError``), for text read where no image is expected."""
+        if self._prefix not in text:
+            return text
+        pieces: list[str] = []
+        pos = 0
+        while (found := text.find(self._prefix, pos)) >= 0:
+            end = self.inline_end(text, found)
+            if end is None:
+                pieces.append(text[pos : found + 1])
+                pos = found + 1
+                continue
+            pieces += (text[pos:found], self.as_text(text[found:end]))
+            pos = end
+        pieces.append(text[pos:])
+        return "".join(pieces)
 
     def take(self, value: str) -> bytes | None:
         """The decoded bytes for a placeholder (the extractor forgets them), ``None`` for any other

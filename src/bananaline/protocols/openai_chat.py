@@ -67,6 +67,14 @@ _IMAGE_LEAVES = {
 _B64_LEAVES = {("b64Json",), ("imageUrl", "b64Json"), ("image", "b64Json")}
 
 
+def _reads_data_uris(path: Path) -> bool:
+    """A string the decoder searches for data URIs: there, inline blob placeholders are taken."""
+    if path in (_CONTENT, _CONTENT_PART, _IMAGES_ITEM):
+        return True
+    leaf = path[5:]
+    return path[:5] in (_CONTENT_PART, _IMAGES_ITEM) and (leaf == ("text",) or leaf in _IMAGE_LEAVES)
+
+
 def _is_b64_field(path: Path) -> bool:
     """A ``b64_json`` field of a content part or an ``images[]`` entry: pure base64 by contract."""
     return path[:5] in (_CONTENT_PART, _IMAGES_ITEM) and path[5:] in _B64_LEAVES
@@ -103,8 +111,9 @@ class _OpenAIAnswer:
     model: str | None = None
     block_reason: str | None = None
     error: dict[str, Any] | None = None
-    #: Holds the long base64 strings (``b64_json`` images) the JSON events name by placeholder.
-    blobs: BlobExtractor = field(default_factory=BlobExtractor)
+    #: Holds the long base64 strings (``b64_json`` images, and data URI payloads in text and URL
+    #: fields) the JSON events name by placeholder.
+    blobs: BlobExtractor = field(default_factory=lambda: BlobExtractor(data_uris=True))
     _entry: _Entry | None = None
 
     def feed(self, path: Path, event: str, value: Any) -> None:
@@ -113,6 +122,8 @@ class _OpenAIAnswer:
                 value = self.blobs.as_text(value)  # a long base64 string where text is expected
             except ValueError as exc:
                 raise malformed(f"invalid base64 in {'.'.join(path)}") from exc
+        elif event == "string" and not _reads_data_uris(path):
+            value = self._expand(value, path)  # a long data URI in a field read as text
         if path[:3] == _MESSAGE:
             self._feed_message(path, event, value)
         elif path == _CHOICE:
@@ -151,6 +162,8 @@ class _OpenAIAnswer:
                 entry, self._entry = self._entry, None
                 if entry.text and entry.type in (None, "text", "output_text"):
                     self._absorb_text(entry.text)
+                elif entry.text:
+                    self.blobs.discard_inline(entry.text)  # e.g. a reasoning part's image: freed now
             elif event == "string" and path == _IMAGES_ITEM:  # images: ["data:..."]
                 self._absorb_image_string(value)
             elif event == "string":  # content: ["text", ...]
@@ -181,6 +194,23 @@ class _OpenAIAnswer:
             else:
                 self.slots.append(RawImage(data, None))
 
+    def _expand(self, text: str, path: Path = ()) -> str:
+        try:
+            return self.blobs.expand(text)
+        except ValueError as exc:
+            raise malformed(f"invalid base64 in {'.'.join(path) or 'an image'}") from exc
+
+    def _add_blob(self, placeholder: str, mime: str | None) -> None:
+        """The image a data URI's payload placeholder names (decoded while it streamed in)."""
+        try:
+            data = self.blobs.take(placeholder)
+        except ValueError as exc:
+            raise malformed("invalid base64 in an image") from exc
+        if data:
+            self.slots.append(RawImage(data, mime))
+        else:
+            self.inline_empty = True
+
     def _add_base64(self, text: str, start: int, end: int | None, mime: str | None = None) -> None:
         if (end if end is not None else len(text)) <= start:
             self.inline_empty = True
@@ -202,9 +232,13 @@ class _OpenAIAnswer:
         header = parse_data_uri_header(value, len(value) - len(value.lstrip()))
         if header is not None:
             mime, payload_start = header
-            self._add_base64(value, payload_start, None, mime)
+            end = self.blobs.inline_end(value, payload_start)
+            if end is not None and not value[end:].strip():
+                self._add_blob(value[payload_start:end], mime)
+            else:
+                self._add_base64(self._expand(value), payload_start, None, mime)
         elif url.startswith(("http://", "https://")):
-            self.slots.append(url)
+            self.slots.append(self._expand(url))
         else:
             raise malformed("an image field holds neither a data URI nor an http(s) URL")
 
@@ -217,11 +251,17 @@ class _OpenAIAnswer:
         pos = 0
         for span in find_data_uris(text):
             segments.append(text[pos : span.uri_start])
+            blob_end = self.blobs.inline_end(text, span.payload_start)
+            if blob_end is not None:  # the payload was decoded while it streamed in
+                self._add_blob(text[span.payload_start : blob_end], span.mime)
+                pos = blob_end
+                continue
             self._add_base64(text, span.payload_start, span.end, span.mime)
             pos = span.end
         remaining = text[pos:] if pos else text
         if segments:
             remaining = "".join(segments) + remaining
+        remaining = self._expand(remaining)  # a placeholder find_data_uris did not reach
         for pattern in (_MD_IMAGE, _MD_FILE_LINK):
             for match in pattern.finditer(remaining):
                 self.slots.append(match.group(1))

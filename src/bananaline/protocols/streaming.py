@@ -14,8 +14,9 @@ cost of reading it close to "the string once, the image once":
 * With a :class:`~bananaline.protocols.blobs.BlobExtractor` (both decoders pass one), long
   base64 strings never reach ijson at all: they are decoded as they stream in and the parser
   sees a placeholder. A Gemini answer with a 22.5 MiB image then peaks at 1.07x the image
-  (traced), against 2.41x when ijson built the 1.33x str first. Data URIs inside text
-  (OpenAI markdown) still go through ijson and :func:`decode_base64`: 2.41x.
+  (traced), against 2.41x when ijson built the 1.33x str first. The OpenAI decoder also has
+  long data URI payloads inside text taken out (markdown ``![..](data:...)``, ``image_url``):
+  1.07x, against 2.41x through ijson and :func:`decode_base64` (still the path for short ones).
 
 JSON keys are normalised to camelCase, so ``inline_data`` and ``inlineData`` look the same to
 the decoders. Parse failures become ``malformed_response``; httpx errors raised while reading
