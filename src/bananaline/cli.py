@@ -8,7 +8,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from pydantic import ValidationError
@@ -50,10 +50,9 @@ def _settings(**overrides: Any) -> Settings:
         return Settings().with_overrides(**overrides)
     except ValidationError as exc:
         _fail_invalid(str(exc), as_json=False)
-        raise AssertionError from exc
 
 
-def _fail_invalid(message: str, *, as_json: bool) -> None:
+def _fail_invalid(message: str, *, as_json: bool) -> NoReturn:
     error = GenerationError(ErrorKind.INVALID_INPUT, message=message, message_zh=message, request_sent=False)
     if as_json:
         print(json.dumps({"ok": False, "images": [], "error": error.to_dict()}, ensure_ascii=False))
@@ -111,7 +110,6 @@ def generate(
         )
     except ValidationError as exc:
         _fail_invalid("; ".join(e["msg"] for e in exc.errors()), as_json=as_json)
-        return
     result = asyncio.run(_generate_and_deliver(request, settings, store, as_json))
     _print_result(result, as_json)
     if result.ok:

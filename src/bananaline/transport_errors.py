@@ -14,7 +14,8 @@ import httpx
 
 from .errors import ErrorKind, GenerationError
 
-_STATUS_KINDS: dict[int, ErrorKind] = {
+#: HTTP statuses with a kind of their own; other 4xx are ``bad_request``, 5xx ``upstream_error``.
+STATUS_KINDS: dict[int, ErrorKind] = {
     400: ErrorKind.BAD_REQUEST,
     401: ErrorKind.AUTH,
     402: ErrorKind.QUOTA,
@@ -67,7 +68,7 @@ def classify_http_status(status: int, headers: Mapping[str, str], body: bytes) -
     Reads Google's ``{"error": {code, message, status, details}}`` and OpenAI's
     ``{"error": {message, type, code}}`` alike; the message goes into ``detail``, redacted.
     """
-    kind = _STATUS_KINDS.get(status)
+    kind = STATUS_KINDS.get(status)
     if kind is None:
         kind = ErrorKind.UPSTREAM_ERROR if status >= 500 else ErrorKind.BAD_REQUEST
     try:

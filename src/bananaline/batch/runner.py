@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import io
 import math
 import time
 from collections.abc import Awaitable, Callable
@@ -36,7 +35,6 @@ if TYPE_CHECKING:
 
 log = get_logger("bananaline.batch")
 DbCall = Callable[..., Awaitable[Any]]
-PREVIEW_PX = 160
 #: The caller whose job the current task runs: lets the client's retry events reach its limiter.
 CURRENT_CALLER: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "bananaline_batch_caller", default=None
@@ -76,7 +74,6 @@ class BatchRun:
         self.stats = RunStats(started_at=time.monotonic())
         self.in_flight: dict[asyncio.Task[None], ClaimedJob] = {}
         self._wake = asyncio.Event()
-        self._preview_gate = asyncio.Semaphore(2)
         #: Jobs holding an upstream slot (global and per caller): claimed and not yet answered.
         self.upstream_active = 0
         self._slot_freed: set[int] = set()
@@ -279,10 +276,7 @@ class BatchRun:
             ).to_dict()
             return outcome
         for image in result.images:
-            preview = image.preview
-            if preview is None:
-                async with self._preview_gate:
-                    preview = await asyncio.to_thread(make_preview, image.data)
+            preview = image.preview  # made by the output checks from their one decode
             outcome.images.append(
                 ImageOutcome(
                     sha256=image.sha256,
@@ -310,19 +304,3 @@ class BatchRun:
 
 def _failed(error: GenerationError) -> JobOutcome:
     return JobOutcome(ok=False, error=error.to_dict())
-
-
-def make_preview(image_bytes: bytes) -> bytes | None:
-    """A small JPEG for sheets and reports; ``None`` if the bytes do not decode (never fatal)."""
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(image_bytes)) as image:
-            image.draft("RGB", (PREVIEW_PX * 2, PREVIEW_PX * 2))
-            image.thumbnail((PREVIEW_PX, PREVIEW_PX))
-            rgb = image.convert("RGB")
-        buffer = io.BytesIO()
-        rgb.save(buffer, format="JPEG", quality=70)
-        return buffer.getvalue()
-    except Exception:  # noqa: BLE001
-        return None

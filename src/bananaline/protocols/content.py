@@ -16,6 +16,7 @@ import re
 from typing import Any
 
 from ..errors import ErrorKind, GenerationError
+from ..transport_errors import STATUS_KINDS
 
 #: (label, patterns) in priority order; patterns are regexes matched against lowercased text.
 REFUSAL_PATTERNS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -95,14 +96,7 @@ def classify_refusal_text(text: str) -> str:
 
 #: Error-object codes (HTTP-like numbers, Google status names, OpenAI codes) -> our kinds.
 _ERROR_CODE_KINDS: dict[str, ErrorKind] = {
-    "400": ErrorKind.BAD_REQUEST,
-    "404": ErrorKind.BAD_REQUEST,
-    "413": ErrorKind.BAD_REQUEST,
-    "422": ErrorKind.BAD_REQUEST,
-    "401": ErrorKind.AUTH,
-    "403": ErrorKind.AUTH,
-    "402": ErrorKind.QUOTA,
-    "429": ErrorKind.RATE_LIMITED,
+    **{str(status): kind for status, kind in STATUS_KINDS.items()},
     "invalid_argument": ErrorKind.BAD_REQUEST,
     "invalid_request_error": ErrorKind.BAD_REQUEST,
     "not_found": ErrorKind.BAD_REQUEST,
