@@ -1,4 +1,5 @@
 import warnings
+from decimal import Decimal
 
 import pytest
 
@@ -43,8 +44,27 @@ def test_size_normalisation_and_unknown_model_passthrough():
     assert catalog.normalize_size("2K") == "2K"
     assert catalog.normalize_size("512") == "512"
     assert catalog.validate("gemini-3-pro-image", "16:9", "4k", 0).image_size == "4K"
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one channel: the result says it, no Python warning
         resolved = catalog.validate("nano-banana-next", "7:3", "9K", 99)
     assert resolved.spec is None and resolved.warnings == ("unknown_model",)
-    assert any(issubclass(w.category, catalog.UnknownModelWarning) for w in caught)
+
+
+def test_models_prefix_and_case_resolve_to_the_catalog_and_are_priced():
+    for name in (
+        "models/gemini-3-pro-image-preview",
+        "Gemini-3-Pro-Image-Preview",
+        " models/GEMINI-3-PRO-IMAGE-PREVIEW",
+    ):
+        resolved = catalog.validate(name, "16:9", "4k", 0)
+        assert resolved.model == "gemini-3-pro-image-preview"
+        assert resolved.spec is not None and resolved.price_usd == Decimal("0.24")
+
+
+def test_unknown_models_are_never_free():
+    family_member = catalog.validate("gemini-3-pro-image-2026-12", None, None, 0)
+    assert family_member.spec is None and family_member.priced_exactly
+    assert family_member.price_usd == Decimal("0.24")  # the dearest of its family
+    stranger = catalog.validate("nano-banana-next", None, None, 0)
+    assert not stranger.priced_exactly
+    assert stranger.price_usd == max(p for s in catalog.MODELS.values() for p in s.price_usd.values())

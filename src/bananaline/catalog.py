@@ -12,7 +12,6 @@ the 512 size follow the same 32-pixel grid and token budget as the documented on
 from __future__ import annotations
 
 import re
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -158,8 +157,36 @@ MODELS: Mapping[str, ModelSpec] = MappingProxyType(
 DEFAULT_MODEL = "gemini-3-pro-image-preview"
 
 
-class UnknownModelWarning(UserWarning):
-    """A model name outside the catalog is sent unvalidated: relays add names weekly."""
+#: Families, most specific first: an unknown name that starts with one is priced as that family.
+FAMILIES = tuple(sorted({spec.family for spec in MODELS.values()}, key=len, reverse=True))
+
+
+def canonical_name(model: str) -> str:
+    """The name as the catalog and the upstream URL want it: no ``models/`` prefix (google-genai
+    sends one), no surrounding blanks, lower case for catalog names (model ids are lower case)."""
+    name = model.strip()
+    if name[:7].lower() == "models/":
+        name = name[7:]
+    lowered = name.lower()
+    return lowered if lowered in MODELS else name
+
+
+def family_of(model: str) -> str | None:
+    lowered = canonical_name(model).lower()
+    spec = MODELS.get(lowered)
+    if spec is not None:
+        return spec.family
+    return next((family for family in FAMILIES if lowered.startswith(family)), None)
+
+
+def dearest_usd(family: str | None = None) -> Decimal:
+    """The most a single image can cost: in one family, or anywhere in the catalog."""
+    return max(
+        price
+        for spec in MODELS.values()
+        if family is None or spec.family == family
+        for price in spec.price_usd.values()
+    )
 
 
 _SIZE_RE = re.compile(r"^\s*(512|[124])\s*[kK]?\s*$")
@@ -184,7 +211,7 @@ def normalize_ratio(ratio: str | None) -> str | None:
 
 
 def get_model(name: str) -> ModelSpec | None:
-    return MODELS.get(name)
+    return MODELS.get(canonical_name(name))
 
 
 @dataclass(frozen=True)
@@ -204,10 +231,17 @@ class ResolvedParams:
         return self.spec.expected_pixels(self.aspect_ratio, self.image_size or self.spec.default_size)
 
     @property
-    def price_usd(self) -> Decimal | None:
+    def price_usd(self) -> Decimal:
+        """What one image is charged: the catalog price, or for a model outside the catalog the
+        dearest price of its family (of the whole catalog when the family is unknown) — never 0."""
         if self.spec is None:
-            return None
+            return dearest_usd(family_of(self.model))
         return self.spec.price_for(self.image_size or self.spec.default_size)
+
+    @property
+    def priced_exactly(self) -> bool:
+        """False when the price is a stand-in: the model's family is unknown to the catalog."""
+        return self.spec is not None or family_of(self.model) is not None
 
 
 def validate(
@@ -219,17 +253,14 @@ def validate(
     """Check a request against the catalog before anything is sent.
 
     Raises :class:`GenerationError` of kind ``invalid_input`` with the list of valid values.
-    A model not in the catalog passes unvalidated with an ``unknown_model`` warning.
+    A model not in the catalog passes unvalidated: the result carries an ``unknown_model``
+    warning (the one channel: relays add names weekly, so it is not an error).
     """
     ratio = normalize_ratio(aspect_ratio)
     size = normalize_size(image_size)
+    model = canonical_name(model)
     spec = MODELS.get(model)
     if spec is None:
-        warnings.warn(
-            f"model {model!r} is not in the bananaline catalog; sending it unvalidated",
-            UnknownModelWarning,
-            stacklevel=2,
-        )
         return ResolvedParams(model, ratio, size, None, ("unknown_model",))
     if ratio is not None and ratio not in spec.ratios:
         raise GenerationError(

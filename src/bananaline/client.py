@@ -19,7 +19,6 @@ import asyncio
 import os
 import random
 import time
-import warnings
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
@@ -119,11 +118,9 @@ class ImageClient:
         on_upstream_done: Callable[[], None] | None,
     ) -> None:
         settings = self.settings
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", catalog.UnknownModelWarning)
-            resolved = catalog.validate(
-                request.model, request.aspect_ratio, request.image_size, len(request.references)
-            )
+        resolved = catalog.validate(
+            request.model, request.aspect_ratio, request.image_size, len(request.references)
+        )
         result.warnings.extend(resolved.warnings)
         key = _secret_value(api_key) or _secret_value(settings.api_key)
         if not key:
@@ -179,9 +176,7 @@ class ImageClient:
             result.warnings.extend(code for code in codes if code not in result.warnings)
             images.append(image)
         result.images = images
-        price = resolved.price_usd
-        if price is not None:
-            result.cost_usd = float(price * Decimal(len(images)))
+        result.cost_usd = float(resolved.price_usd * Decimal(len(images)))
 
     async def _send_with_retries(
         self,

@@ -6,8 +6,9 @@ import math
 
 import pytest
 
+from bananaline.admission import CallerGates, CallerLimits
 from bananaline.batch.keys import KeyRing
-from bananaline.batch.limits import CallerLimiter, TokenBucket
+from bananaline.errors import ErrorKind, GenerationError
 
 
 class Clock:
@@ -45,21 +46,25 @@ def test_bad_keys_file_is_rejected(tmp_path):
         KeyRing.from_toml(path)
 
 
-def test_token_bucket_spaces_requests():
-    clock = Clock()
-    bucket = TokenBucket(60, clock=clock)
-    assert bucket.ready_in_s() == 0
-    bucket.take()
-    assert bucket.ready_in_s() == pytest.approx(1.0)
-    clock.now += 0.5
-    assert bucket.ready_in_s() == pytest.approx(0.5)
-    clock.now += 0.5
-    assert bucket.ready_in_s() == 0
+def test_rpm_is_a_moving_window_shared_by_both_ways_in():
+    gates = CallerGates()
+    gate = gates.get("a", CallerLimits(concurrency=10, rpm=3))
+    gate.take_request()  # a request door (plugin, gateway)
+    gate.acquire()  # a batch row
+    gate.release()
+    assert gate.ready_in_s() == 0
+    gate.acquire()
+    gate.release()
+    assert 50 < gate.ready_in_s() <= 60  # three starts in this minute: the next waits for the window
+    with pytest.raises(GenerationError) as refused:
+        gate.take_request()
+    assert refused.value.kind is ErrorKind.RATE_LIMITED and refused.value.retry_after_s >= 50
+    assert gates.get("b", CallerLimits(rpm=3)).ready_in_s() == 0  # per caller
 
 
 def test_caller_limiter_halves_on_429_pauses_and_recovers():
     clock = Clock()
-    limiter = CallerLimiter("a", concurrency=8, rpm=None, ceiling=16, clock=clock)
+    limiter = CallerGates(clock=clock).get("a", CallerLimits(concurrency=8))
     for _ in range(8):
         assert limiter.ready_in_s() == 0
         limiter.acquire()
@@ -83,6 +88,12 @@ def test_caller_limiter_halves_on_429_pauses_and_recovers():
     assert limiter.slots == 8
 
 
-def test_limiter_is_capped_by_the_global_ceiling():
-    assert CallerLimiter("a", concurrency=50, rpm=None, ceiling=4).slots == 4
-    assert CallerLimiter("a", concurrency=None, rpm=None, ceiling=4).slots == 4
+def test_budget_reservations_hold_until_released():
+    gate = CallerGates().get("a", CallerLimits(budget_usd=1.0))
+    assert gate.reserve(0.5, 0.24) == 0.24
+    assert gate.reserve(0.5, 0.24) == 0.24
+    with pytest.raises(GenerationError) as refused:
+        gate.reserve(0.5, 0.24)  # 0.5 spent + 0.48 reserved: no room for a third
+    assert refused.value.kind is ErrorKind.BUDGET_EXCEEDED
+    gate.release_reservation(0.24)
+    assert gate.reserve(0.5, 0.24) == 0.24

@@ -4,9 +4,10 @@ See :class:`~bananaline.batch.engine.BatchEngine` for the library API and ``bana
 for the command line.
 """
 
+from ..admission import CallerLimits
 from .columns import ColumnConfig
 from .engine import BatchEngine, BatchInputError, BatchNotFound
-from .keys import CallerKey, CallerLimits, KeyRing
+from .keys import CallerKey, KeyRing
 from .progress import ProgressSnapshot
 from .report import BatchSummary
 from .results import BatchInfo, BatchStatus, RowResult

@@ -8,7 +8,6 @@ caller's key is looked up. The estimate is the catalog price × ``n`` per row, b
 from __future__ import annotations
 
 import asyncio
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,11 +79,9 @@ async def dry_run(
             try:
                 if plan.error is not None:
                     raise plan.error
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", catalog.UnknownModelWarning)
-                    resolved = catalog.validate(
-                        plan.model or settings.model, plan.aspect_ratio, plan.image_size, len(plan.references)
-                    )
+                resolved = catalog.validate(
+                    plan.model or settings.model, plan.aspect_ratio, plan.image_size, len(plan.references)
+                )
                 if keyring.key_for(plan.caller) is None:
                     message, message_zh = keyring.explain_missing(plan.caller)
                     raise GenerationError(ErrorKind.NO_API_KEY, message=message, message_zh=message_zh)
@@ -93,8 +90,7 @@ async def dry_run(
                 row.error_kind, row.error = error.kind.value, error.message
                 return row
             row.ok = True
-            price = resolved.price_usd
-            row.cost_usd = float(price) * plan.n if price is not None else None
+            row.cost_usd = float(resolved.price_usd) * plan.n
             return row
 
         checked = await asyncio.gather(*(check(i, cells) for i, cells in enumerate(rows)))

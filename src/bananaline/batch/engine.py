@@ -21,15 +21,15 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from ..admission import CallerGates
 from ..config import Settings
 from ..instances import LIVE_INSTANCES
 from .columns import ColumnConfig, RowPlanner
 from .keys import KeyRing
-from .limits import Limiters
 from .progress import ProgressSnapshot
 from .report import BatchSummary, summarize
 from .results import BatchInfo, BatchStatus, batch_info, fold_rows, output_rows
-from .runner import BatchRun
+from .runner import BatchRun, JobAccounting
 from .sheets import write_table
 from .store import JobStore, NewRow, new_run_token
 
@@ -78,6 +78,7 @@ class BatchEngine:
         store: ImageStore | None = None,
         client: ImageClient | None = None,
         keyring: KeyRing | None = None,
+        accounting: JobAccounting | None = None,
         lease_s: float = DEFAULT_LEASE_S,
     ) -> None:
         self.settings = settings
@@ -86,6 +87,8 @@ class BatchEngine:
         self._store = store
         self._client = client
         self.keyring = keyring or KeyRing.single(settings.api_key)
+        #: Whose limits gate each row and where its spend goes; ``None``: the keys file's limits.
+        self.accounting = accounting
         self.lease_s = lease_s
 
     def close(self) -> None:
@@ -221,7 +224,9 @@ class BatchEngine:
 
         run_token = new_run_token()
         LIVE_INSTANCES.add(run_token)
-        limiters = Limiters(ceiling, lambda caller: _limits(self.keyring, caller))
+        accounting = self.accounting or JobAccounting(
+            CallerGates(default_concurrency=ceiling), self.keyring
+        )
         try:
             await db(self.jobs.recover, batch_id)
             async with self._resources() as (client, store, hook_slot):
@@ -232,7 +237,8 @@ class BatchEngine:
                     keyring=self.keyring,
                     client=client,
                     store=store,
-                    limiters=limiters,
+                    accounting=accounting,
+                    ceiling=ceiling,
                     run_token=run_token,
                     lease_s=self.lease_s,
                     on_progress=on_progress,
@@ -275,7 +281,3 @@ class BatchEngine:
         async with ImageClient(self.settings, on_event=on_event) as client:
             yield client, store, hook_slot
 
-
-def _limits(keyring: KeyRing, caller: str) -> tuple[int | None, float | None]:
-    limits = keyring.limits_for(caller)
-    return limits.concurrency, limits.rpm

@@ -25,6 +25,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
+from ..admission import CallerLimits
 from ..errors import register_secret
 
 DEFAULT_CALLER = ""
@@ -49,12 +50,6 @@ class CallerKey:
                 register_secret(value)
                 return SecretStr(value)
         return None
-
-
-@dataclass(frozen=True)
-class CallerLimits:
-    concurrency: int | None = None
-    rpm: float | None = None
 
 
 class KeyRing:

@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from ..admission import CallerGate, CallerGates, CallerLimits
 from ..delivery import store_result
 from ..errors import ErrorKind, GenerationError
 from ..logs import get_logger
 from ..types import GenerationRequest
 from .keys import KeyRing
-from .limits import Limiters
 from .progress import ProgressSnapshot
 from .store import ClaimedJob, ImageOutcome, JobOutcome, JobStore
 
@@ -39,6 +39,30 @@ DbCall = Callable[..., Awaitable[Any]]
 CURRENT_CALLER: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "bananaline_batch_caller", default=None
 )
+
+
+class JobAccounting:
+    """What a run asks before and after each job: whose limits gate it, whether its budget holds,
+    and where its spend goes. This base class is the CLI's: the keys file's limits, no budget.
+    The service subclasses it so a batch row is admitted and charged like every other request
+    (``bananaline.service.jobs_engine``)."""
+
+    def __init__(self, gates: CallerGates, keyring: KeyRing) -> None:
+        self.gates = gates
+        self.keyring = keyring
+
+    def gate_for(self, job_caller: str) -> CallerGate:
+        limits = self.keyring.limits_for(job_caller)
+        ceiling = self.gates.default_concurrency  # a run's --concurrency caps every caller
+        concurrency = min(limits.concurrency or ceiling, ceiling)
+        return self.gates.get(job_caller, CallerLimits(concurrency, limits.rpm))
+
+    async def admit(self, job: ClaimedJob, gate: CallerGate) -> float:
+        """Reserve what the job may cost (0 here); raise ``GenerationError`` to refuse it."""
+        return 0.0
+
+    async def settle(self, job: ClaimedJob, outcome: JobOutcome, reserved_usd: float) -> None:
+        """The job is over: write its spend, then release its reservation."""
 
 
 @dataclass
@@ -61,7 +85,8 @@ class BatchRun:
         keyring: KeyRing,
         client: ImageClient,
         store: ImageStore,
-        limiters: Limiters,
+        accounting: JobAccounting,
+        ceiling: int,
         run_token: str,
         lease_s: float,
         on_progress: Callable[[ProgressSnapshot], None] | None,
@@ -69,7 +94,9 @@ class BatchRun:
     ) -> None:
         self.jobs, self.db, self.batch_id = jobs, db, batch_id
         self.keyring, self.client, self.store = keyring, client, store
-        self.limiters, self.run_token, self.lease_s = limiters, run_token, lease_s
+        self.accounting, self.ceiling = accounting, ceiling
+        self.run_token, self.lease_s = run_token, lease_s
+        self._gates: dict[str, CallerGate] = {}
         self.on_progress, self.stop = on_progress, stop
         self.stats = RunStats(started_at=time.monotonic())
         self.in_flight: dict[asyncio.Task[None], ClaimedJob] = {}
@@ -100,12 +127,23 @@ class BatchRun:
         finally:
             heartbeat.cancel()
             stop_watch.cancel()
+            for gate in self._gates.values():
+                gate.unsubscribe(self._wake.set)
             self.stats.elapsed_s = time.monotonic() - self.stats.started_at
         self.stats.interrupted = self.stats.interrupted or self.stop.is_set()
         return self.stats
 
+    def gate(self, job_caller: str) -> CallerGate:
+        """The caller's gate, shared with every other door; a freed slot anywhere wakes us."""
+        gate = self._gates.get(job_caller)
+        if gate is None:
+            gate = self.accounting.gate_for(job_caller)
+            gate.subscribe(self._wake.set)
+            self._gates[job_caller] = gate
+        return gate
+
     async def _dispatch(self, callers: set[str]) -> None:
-        ceiling = self.limiters.ceiling
+        ceiling = self.ceiling
         # Jobs past their upstream call (checks, storage, recording) no longer hold a slot, but
         # only a few of them may pile up, so a burst of 4K answers cannot pile up in memory.
         job_cap = ceiling + max(2, ceiling // 4)
@@ -114,7 +152,7 @@ class BatchRun:
             if self.upstream_active >= ceiling or len(self.in_flight) >= job_cap:
                 await self._wake.wait()
                 continue
-            ready = [caller for caller in callers if self.limiters[caller].ready_in_s() == 0]
+            ready = [caller for caller in callers if self.gate(caller).ready_in_s() == 0]
             if ready:
                 job = await self.db(
                     self.jobs.claim, self.batch_id, ready, run_token=self.run_token, lease_s=self.lease_s
@@ -131,7 +169,7 @@ class BatchRun:
                     continue
                 await self._wake.wait()
                 continue
-            delays = [self.limiters[caller].ready_in_s() for caller in callers]
+            delays = [self.gate(caller).ready_in_s() for caller in callers]
             timeout = min((d for d in delays if d != math.inf), default=None)
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout)
@@ -139,7 +177,7 @@ class BatchRun:
                 pass
 
     def _start(self, job: ClaimedJob) -> None:
-        self.limiters[job.caller].acquire()
+        self.gate(job.caller).acquire()
         self.upstream_active += 1
         task = asyncio.create_task(self._run_job(job), name=f"batch-job-{job.job_id}")
         self.in_flight[task] = job
@@ -193,17 +231,26 @@ class BatchRun:
         if job.job_id in self._slot_freed:
             return
         self._slot_freed.add(job.job_id)
-        self.limiters[job.caller].release()
+        self.gate(job.caller).release()
         self.upstream_active -= 1
         self._wake.set()
 
     async def _run_job(self, job: ClaimedJob) -> None:
+        reserved_usd = 0.0
         try:
-            outcome = await self._generate(job)
+            try:
+                reserved_usd = await self.accounting.admit(job, self.gate(job.caller))
+            except GenerationError as refusal:
+                outcome = _failed(refusal)
+            else:
+                outcome = await self._generate(job)
         finally:
             self._free_slot(job)
             self._slot_freed.discard(job.job_id)
-        recorded = await self.db(self.jobs.finish, job.job_id, job.lease_id, outcome)
+        try:
+            recorded = await self.db(self.jobs.finish, job.job_id, job.lease_id, outcome)
+        finally:
+            await asyncio.shield(self.accounting.settle(job, outcome, reserved_usd))
         if not recorded:
             return
         self.stats.jobs_finished += 1
@@ -248,7 +295,7 @@ class BatchRun:
             )
         finally:
             CURRENT_CALLER.reset(token)
-        limiter = self.limiters[job.caller]
+        limiter = self.gate(job.caller)
         if result.error is not None and result.error.kind is ErrorKind.RATE_LIMITED:
             limiter.on_rate_limited(result.error.retry_after_s)
         elif result.ok:
@@ -299,7 +346,7 @@ class BatchRun:
             return
         caller = CURRENT_CALLER.get()
         if caller is not None:
-            self.limiters[caller].on_rate_limited(details.get("wait_s"))
+            self.gate(caller).on_rate_limited(details.get("wait_s"))
 
 
 def _failed(error: GenerationError) -> JobOutcome:

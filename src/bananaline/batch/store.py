@@ -220,6 +220,19 @@ class JobStore:
                 )
         return len(stale)
 
+    def pending_plans(self, batch_id: str) -> list[dict[str, Any]]:
+        """The plan of every job still to run (one per image: a row with ``n=4`` has four)."""
+        stmt = (
+            select(RowRecord.plan_json)
+            .join(
+                JobRecord,
+                (JobRecord.batch_id == RowRecord.batch_id) & (JobRecord.row_index == RowRecord.row_index),
+            )
+            .where(JobRecord.batch_id == batch_id, JobRecord.status.in_((QUEUED, RUNNING)))
+        )
+        with self.engine.connect() as conn:
+            return [json.loads(plan) if plan else {} for plan in conn.execute(stmt).scalars()]
+
     def queued_callers(self, batch_id: str) -> set[str]:
         with self.engine.connect() as conn:
             return set(

@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from ..admission import CallerGates
 from ..client import ImageClient
 from ..config import Settings
 from ..db import make_engine, upgrade
@@ -23,7 +24,6 @@ from .callers import CallerRepository
 from .deps import AppState
 from .generation import GenerationService
 from .http_errors import install as install_error_handlers
-from .limits import CallerLimiter
 from .metrics import ServiceMetrics
 from .middleware import RequestContextMiddleware
 from .openapi import install_openapi
@@ -69,7 +69,9 @@ def create_app(settings: Settings) -> FastAPI:
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
-        docs_url="/docs",
+        # No Swagger UI: FastAPI's page loads its scripts from a CDN, which an offline or locked-down
+        # deployment cannot reach and should not trust. /openapi.json is the contract; any viewer reads it.
+        docs_url=None,
         redoc_url=None,
     )
     install_error_handlers(app)
@@ -77,7 +79,13 @@ def create_app(settings: Settings) -> FastAPI:
         app.include_router(module.router)
     _include_jobs(app)
     install_openapi(app, settings)
-    app.add_middleware(RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_upload_bytes)
+    app.add_middleware(
+        RequestContextMiddleware,
+        metrics=metrics,
+        max_body_bytes=settings.max_upload_bytes,
+        max_unauthenticated_body_bytes=settings.max_unauthenticated_body_bytes,
+        trusted_proxies=settings.trusted_proxies,
+    )
     return app
 
 
@@ -98,19 +106,19 @@ def _build_state(settings: Settings, metrics: ServiceMetrics) -> AppState:
         store.local_root.mkdir(parents=True, exist_ok=True)
     client = ImageClient(settings)
     usage = UsageRepository(engine)
-    limiter = CallerLimiter()
+    gates = CallerGates()
     state = AppState(
         settings=settings,
         engine=engine,
         cipher=cipher,
         callers=CallerRepository(engine, cipher),
         usage=usage,
-        limiter=limiter,
+        gates=gates,
         metrics=metrics,
         tasks=TaskRegistry(engine, interrupted={"plugin": plugin.interrupted_answer}),
         client=client,
         store=store,
-        generation=GenerationService(settings, client, store, usage, limiter, metrics),
+        generation=GenerationService(settings, client, store, usage, gates, metrics),
         batch_runs={},
     )
     state.batches = _batch_engine(state)

@@ -9,8 +9,9 @@ Authentication rules, in one place:
   used for this call only, never stored or logged. A token and an ``apikey`` together: the token
   says who owns the task, the key pays (the caller's budget is not charged).
 * Nothing at all: 401 on every generation and listing endpoint (the service never lends the
-  operator's key to strangers). ``/healthz``, ``/readyz``, ``/metrics``, ``/openapi.json`` and
-  ``/files/{key}`` (content-addressed, unguessable keys) are public.
+  operator's key to strangers). ``/healthz``, ``/readyz``, ``/openapi.json`` and ``/files/{key}``
+  (content-addressed, unguessable keys) are public; ``/metrics`` (per-caller spend) needs
+  ``metrics_token`` or, without one, a loopback peer.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from fastapi import Request
 from pydantic import SecretStr
 from sqlalchemy import Engine
 
+from ..admission import CallerGates
 from ..client import ImageClient
 from ..config import Settings
 from ..errors import ErrorKind
@@ -31,8 +33,8 @@ from .auth import KeyCipher, Principal, credential_from, is_service_token
 from .callers import CallerRepository
 from .generation import GenerationService
 from .http_errors import ServiceError
-from .limits import CallerLimiter
 from .metrics import ServiceMetrics
+from .middleware import FORWARDED_SCOPE_KEY
 from .tasks import TaskRegistry
 from .usage import UsageRepository
 
@@ -47,7 +49,7 @@ class AppState:
     cipher: KeyCipher
     callers: CallerRepository
     usage: UsageRepository
-    limiter: CallerLimiter
+    gates: CallerGates
     metrics: ServiceMetrics
     tasks: TaskRegistry
     client: ImageClient
@@ -62,12 +64,44 @@ def get_state(request: Request) -> AppState:
 
 
 def files_base_url(request: Request) -> str:
-    """Absolute base for links we hand out: the configured public URL behind a proxy, else the
-    URL this request reached us at (root path included)."""
-    state = get_state(request)
-    if state.settings.public_base_url:
-        return state.settings.public_base_url.rstrip("/")
-    return str(request.base_url).rstrip("/")
+    """The service's public base, the one function that decides it: every link handed out or
+    stored (``{base}/files/{key}``) starts with it. In order:
+
+    1. ``public_base_url`` when configured (``--public-base-url``): always right, always preferred.
+    2. A trusted proxy's ``X-Forwarded-Host`` (+ ``X-Forwarded-Proto``, ``X-Forwarded-Prefix``):
+       honoured only when the direct peer is in ``trusted_proxies`` (see the middleware).
+    3. The request's ``Host`` header, only when it is listed in ``allowed_hosts``.
+    4. The address the server is bound to and the request arrived on (``--host``/``--port``).
+
+    A client can therefore never make the service store links to a host of its choosing.
+    The root path (``--root-path``) is kept unless a trusted proxy sends ``X-Forwarded-Prefix``.
+    """
+    settings = get_state(request).settings
+    if settings.public_base_url:
+        return settings.public_base_url.rstrip("/")
+    scope = request.scope
+    scheme = str(scope.get("scheme") or "http")
+    forwarded: dict[str, str] = scope.get(FORWARDED_SCOPE_KEY) or {}
+    prefix = forwarded.get("prefix", str(scope.get("root_path") or "")).rstrip("/")
+    host = forwarded.get("host")
+    if host is None:
+        header_host = request.headers.get("host", "").strip().lower()
+        if header_host and header_host in {allowed.strip().lower() for allowed in settings.allowed_hosts}:
+            host = header_host
+    if host is None:
+        host = _bound_authority(scope.get("server"), scheme)
+    return f"{scheme}://{host}{prefix}"
+
+
+def _bound_authority(server: Any, scheme: str) -> str:
+    """``host[:port]`` of the socket the request came in on (uvicorn's ``scope["server"]``)."""
+    if not server or not isinstance(server[0], str) or server[1] is None:
+        return "127.0.0.1"
+    host, port = server[0], int(server[1])
+    if ":" in host:
+        host = f"[{host}]"
+    default_port = 443 if scheme == "https" else 80
+    return host if port == default_port else f"{host}:{port}"
 
 
 def unauthorized(message: str | None = None) -> ServiceError:

@@ -12,14 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import re
-import warnings
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any
 from urllib.parse import quote, unquote
 
-from .. import catalog
+from ..admission import CallerGate, CallerGates, CallerLimits, Plan, plan_request
 from ..client import ImageClient
 from ..config import Settings
 from ..delivery import store_result
@@ -27,29 +24,31 @@ from ..errors import ErrorKind, GenerationError
 from ..logs import get_logger
 from ..storage import ImageStore
 from ..types import GenerationRequest, GenerationResult
-from .auth import Principal
-from .limits import CallerLimiter
+from .auth import Caller, Principal
 from .metrics import ServiceMetrics
 from .usage import FileRecord, UsageRecord, UsageRepository
 
 log = get_logger("bananaline.service")
 
-_URL_SCHEME = re.compile(r"^(https?):", re.IGNORECASE)
 ANONYMOUS = "anonymous"
-
-
-def _most_expensive_usd() -> Decimal:
-    return max(price for spec in catalog.MODELS.values() for price in spec.price_usd.values())
 
 
 @dataclass
 class Admission:
-    """A request that passed the checks, holding its budget reservation until it finishes."""
+    """A request that passed admission, holding its budget reservation until its spend is written."""
 
     principal: Principal
-    request: GenerationRequest
+    plan: Plan
+    gate: CallerGate | None = field(default=None, repr=False)
     reserved_usd: float = 0.0
-    resolved: catalog.ResolvedParams | None = field(default=None, repr=False)
+
+    @property
+    def request(self) -> GenerationRequest:
+        return self.plan.request
+
+
+def limits_of(caller: Caller) -> CallerLimits:
+    return CallerLimits(caller.concurrency, float(caller.rpm) if caller.rpm else None, caller.budget_usd)
 
 
 class GenerationService:
@@ -59,28 +58,31 @@ class GenerationService:
         client: ImageClient,
         store: ImageStore | None,
         usage: UsageRepository,
-        limiter: CallerLimiter,
+        gates: CallerGates,
         metrics: ServiceMetrics,
     ) -> None:
         self.settings = settings
         self.client = client
         self.store = store
         self.usage = usage
-        self.limiter = limiter
+        self.gates = gates
         self.metrics = metrics
+
+    def gate_for(self, caller: Caller) -> CallerGate:
+        """The caller's one gate in this process, with its current limits."""
+        return self.gates.get(caller.id, limits_of(caller))
 
     # ---- before anything is sent --------------------------------------------------------------
 
-    async def admit(self, principal: Principal, request: GenerationRequest) -> Admission:
-        """Refuse what would fail or must not run: catalog, references, key, rate, budget."""
+    async def admit(
+        self, principal: Principal, request: GenerationRequest, *, remote: bool = True
+    ) -> Admission:
+        """Refuse what would fail or must not run — catalog, references, key, budget, rate —
+        before anything is sent. ``remote=False`` only for a local user (stdio MCP): paths allowed."""
+        caller = principal.caller
+        charged = caller is not None and not principal.own_key and caller.budget_usd is not None
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", catalog.UnknownModelWarning)
-                resolved = catalog.validate(
-                    request.model, request.aspect_ratio, request.image_size, len(request.references)
-                )
-            for reference in request.references:
-                check_reference_source(reference)
+            plan = plan_request(request, remote=remote, budget_set=charged)
             if principal.upstream_key is None and self.settings.api_key is None:
                 raise GenerationError(
                     ErrorKind.NO_API_KEY,
@@ -91,20 +93,27 @@ class GenerationService:
                     "或在请求中传 apikey",
                     request_sent=False,
                 )
-            admission = Admission(principal, request, resolved=resolved)
-            caller = principal.caller
+            admission = Admission(principal, plan)
             if caller is not None:
-                self.limiter.take_rpm(caller.id, caller.rpm)
-                if not principal.own_key and caller.budget_usd is not None:
-                    price = resolved.price_usd if resolved.price_usd is not None else _most_expensive_usd()
+                gate = admission.gate = self.gate_for(caller)
+                if charged:
                     spent = await asyncio.to_thread(self.usage.spent_usd, caller.id)
-                    admission.reserved_usd = self.limiter.reserve_budget(
-                        caller.id, caller.budget_usd, spent, float(price)
-                    )
+                    admission.reserved_usd = gate.reserve(spent, plan.reserve_usd)
+                try:
+                    gate.take_request()
+                except GenerationError:
+                    gate.release_reservation(admission.reserved_usd)
+                    raise
         except GenerationError as error:
             self.metrics.observe_refusal(error.kind.value)
             raise
         return admission
+
+    def abandon(self, admission: Admission) -> None:
+        """An admitted request that will not run after all: give its reservation back."""
+        if admission.gate is not None:
+            admission.gate.release_reservation(admission.reserved_usd)
+            admission.reserved_usd = 0.0
 
     # ---- the upstream work ----------------------------------------------------------------------
 
@@ -112,19 +121,27 @@ class GenerationService:
         self, admission: Admission, *, source: str, files_base_url: str, task_id: str | None = None
     ) -> GenerationResult:
         """Generate, store and account. Never raises for a generation failure (see ``result.error``)."""
+        try:
+            return await self._run(admission, source=source, files_base_url=files_base_url, task_id=task_id)
+        finally:
+            self.abandon(admission)  # only now: the spend is written (or nothing was spent)
+
+    async def _run(
+        self, admission: Admission, *, source: str, files_base_url: str, task_id: str | None
+    ) -> GenerationResult:
         principal = admission.principal
-        caller = principal.caller
+        gate = admission.gate
         key = principal.upstream_key or self.settings.api_key
         request = await self._inline_own_files(admission.request, files_base_url)
-        try:
-            if caller is not None:
-                async with self.limiter.slot(caller.id, caller.concurrency):
-                    result = await self.client.generate(request, api_key=key)
-            else:
+        if gate is not None:
+            async with gate.slot():
                 result = await self.client.generate(request, api_key=key)
-        finally:
-            if caller is not None:
-                self.limiter.release_budget(caller.id, admission.reserved_usd)
+            if result.error is not None and result.error.kind is ErrorKind.RATE_LIMITED:
+                gate.on_rate_limited(result.error.retry_after_s)
+            elif result.ok:
+                gate.on_success()
+        else:
+            result = await self.client.generate(request, api_key=key)
         result.request = admission.request
         files: list[FileRecord] = []
         if result.ok and self.store is not None:
@@ -228,21 +245,6 @@ class GenerationService:
                     changed = True
             references.append(reference)
         return request.model_copy(update={"references": tuple(references)}) if changed else request
-
-
-def check_reference_source(reference: str) -> None:
-    """Remote callers may send http(s) URLs and data URIs only: never a path on this server."""
-    if reference[:5].lower() == "data:" or _URL_SCHEME.match(reference):
-        return
-    shown = reference if len(reference) <= 60 else reference[:57] + "..."
-    raise GenerationError(
-        ErrorKind.REFERENCE_ERROR,
-        detail="blocked_address",
-        message="A reference image could not be used: only http(s) URLs and data: URIs are accepted, "
-        f"got {shown!r}",
-        message_zh=f"参考图无法使用：只接受 http(s) 链接或 data: URI，收到 {shown!r}",
-        request_sent=False,
-    )
 
 
 def files_url(files_base_url: str, key: str) -> str:

@@ -1,19 +1,23 @@
-"""The batch engine as the service runs it: owned by callers, paid by the caller's key.
+"""The batch engine as the service runs it: owned by callers, admitted and paid like any request.
 
 Every batch submitted over HTTP is owned by the calling caller (its id is part of the batch id,
 so two callers submitting the same sheet get two batches). A sheet's ``caller`` column is ignored
-for keys: the authenticated caller's upstream key, concurrency and rpm pay for every row. Rows may
-not reference server paths (``allow_local_refs=False``). Runs are asyncio tasks owned by the app;
-the cost of what each run made is added to the caller's usage when it ends.
+for keys: the authenticated caller's upstream key pays for every row, and every row goes through
+the caller's one gate (:class:`CallerAccounting`): the same rpm window, concurrency slots and
+budget reservations as the plugin and the gateways, so a caller's limits hold across all doors
+at once. Each row's spend is written to usage as it finishes (a crash loses no charge), and only
+then is its reservation released. Rows may not reference server paths (``allow_local_refs=False``).
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from ..admission import CallerGate, estimate_usd
 from ..batch import BatchEngine, CallerKey, KeyRing
-from ..catalog import MODELS
+from ..batch.runner import JobAccounting
+from ..batch.store import ClaimedJob, JobOutcome
 from ..logs import get_logger
 from .auth import Caller
 from .usage import UsageRecord
@@ -37,88 +41,91 @@ def _keyring(state: AppState, caller: Caller) -> KeyRing:
     return KeyRing({}, default=entry, fallback_to_default=True)
 
 
-def _cost_so_far(state: AppState, batch_id: str, owner: str) -> tuple[float, int]:
+def _plan_price_usd(plan: dict[str, object]) -> float:
+    return estimate_usd(str(plan.get("model") or ""), plan.get("image_size"))  # type: ignore[arg-type]
+
+
+def pending_estimate_usd(state: AppState, batch_id: str) -> float:
+    """What the jobs still to run would cost: one per image, from their stored plans (the column
+    mapping, defaults and ``n`` already applied), priced by the one admission rule."""
     assert state.batches is not None
-    rows = state.batches.status(batch_id, owner=owner).rows
-    return sum(row.cost_usd or 0.0 for row in rows), sum(len(row.images) for row in rows)
+    return sum(_plan_price_usd(plan) for plan in state.batches.jobs.pending_plans(batch_id))
 
 
-def pending_estimate_usd(state: AppState, batch_id: str, owner: str) -> float:
-    """What the rows still queued would cost at catalog prices (unknown models at the dearest)."""
-    assert state.batches is not None
-    dearest = max(float(p) for spec in MODELS.values() for p in spec.price_usd.values())
-    total = 0.0
-    for row in state.batches.status(batch_id, owner=owner).rows:
-        if row.status not in {"queued", "running"}:
-            continue
-        model = row.cells.get("model") or state.settings.model
-        spec = MODELS.get(model)
-        size = row.cells.get("size") or None
-        price = float(spec.price_for(size or spec.default_size)) if spec else dearest
-        total += price
-    return total
+class CallerAccounting(JobAccounting):
+    """A service caller's batch rows: the caller's gate, budget and usage, row by row."""
+
+    def __init__(self, state: AppState, caller: Caller, batch_id: str) -> None:
+        super().__init__(state.gates, _keyring(state, caller))
+        self.state, self.caller, self.batch_id = state, caller, batch_id
+
+    def gate_for(self, job_caller: str) -> CallerGate:
+        return self.state.generation.gate_for(self.caller)
+
+    async def admit(self, job: ClaimedJob, gate: CallerGate) -> float:
+        if self.caller.budget_usd is None:
+            return 0.0
+        spent = await asyncio.to_thread(self.state.usage.spent_usd, self.caller.id)
+        return gate.reserve(spent, _plan_price_usd(job.plan))
+
+    async def settle(self, job: ClaimedJob, outcome: JobOutcome, reserved_usd: float) -> None:
+        try:
+            error_kind = outcome.error.get("kind") if outcome.error else None
+            record = UsageRecord(
+                caller_id=self.caller.id,
+                source="batch",
+                model=str(job.plan.get("model") or "batch"),
+                image_size=job.plan.get("image_size"),
+                ok=outcome.ok,
+                error_kind=error_kind,
+                images=len(outcome.images),
+                cost_usd=float(outcome.cost_usd or 0.0),
+                elapsed_s=float(outcome.latency_s or 0.0),
+                own_key=False,
+                task_id=self.batch_id[:40],
+            )
+            await asyncio.to_thread(self.state.usage.record, record)
+            self.state.metrics.images.labels(caller=self.caller.name).inc(record.images)
+            self.state.metrics.cost.labels(caller=self.caller.name).inc(record.cost_usd)
+        finally:
+            self.gate_for(job.caller).release_reservation(reserved_usd)
 
 
-def start_run(state: AppState, caller: Caller, batch_id: str, *, reserved_usd: float = 0.0) -> bool:
+async def check_budget(state: AppState, caller: Caller, batch_id: str) -> None:
+    """Refuse (402) a batch that cannot fit the budget before any row runs; rows then reserve
+    one by one as they start, so racing requests and jobs never overspend."""
+    if caller.budget_usd is None:
+        return
+    estimate = await asyncio.to_thread(pending_estimate_usd, state, batch_id)
+    spent = await asyncio.to_thread(state.usage.spent_usd, caller.id)
+    state.generation.gate_for(caller).check_budget(spent, estimate)
+
+
+def start_run(state: AppState, caller: Caller, batch_id: str) -> bool:
     """Start running the batch unless it already runs in this process. Returns whether it started."""
     runs = state.batch_runs if state.batch_runs is not None else {}
     current = runs.get(batch_id)
     if current is not None and not current.done():
-        state.limiter.release_budget(caller.id, reserved_usd)
         return False
-    engine = BatchEngine(state.settings, store=state.store, keyring=_keyring(state, caller))
+    engine = BatchEngine(
+        state.settings,
+        store=state.store,
+        keyring=_keyring(state, caller),
+        accounting=CallerAccounting(state, caller, batch_id),
+    )
 
     async def run() -> None:
-        before_usd, before_images = await asyncio.to_thread(_cost_so_far, state, batch_id, caller.id)
         try:
             summary = await engine.run(batch_id, concurrency=caller.concurrency)
             log.info("batch_run_done", batch_id=batch_id, caller=caller.name, rows=summary.rows_by_status)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # noqa: BLE001 - a crashed run must still be accounted and logged
+        except Exception as exc:  # noqa: BLE001 - a crashed run must still be logged
             log.error("batch_run_failed", batch_id=batch_id, error=type(exc).__name__)
         finally:
-            await asyncio.shield(
-                _account(state, engine, caller, batch_id, before_usd, before_images, reserved_usd)
-            )
+            await asyncio.to_thread(engine.close)
 
     task = asyncio.create_task(run(), name=f"bananaline-batch-{batch_id}")
     runs[batch_id] = task
     task.add_done_callback(lambda _: runs.pop(batch_id, None) if runs.get(batch_id) is task else None)
     return True
-
-
-async def _account(
-    state: AppState,
-    engine: BatchEngine,
-    caller: Caller,
-    batch_id: str,
-    before_usd: float,
-    before_images: int,
-    reserved_usd: float,
-) -> None:
-    try:
-        after_usd, after_images = await asyncio.to_thread(_cost_so_far, state, batch_id, caller.id)
-        record = UsageRecord(
-            caller_id=caller.id,
-            source="batch",
-            model="batch",
-            image_size=None,
-            ok=True,
-            error_kind=None,
-            images=max(0, after_images - before_images),
-            cost_usd=max(0.0, after_usd - before_usd),
-            elapsed_s=0.0,
-            own_key=False,
-            task_id=batch_id[:40],
-        )
-        await asyncio.to_thread(state.usage.record, record)
-        state.metrics.images.labels(caller=caller.name).inc(record.images)
-        state.metrics.cost.labels(caller=caller.name).inc(record.cost_usd)
-    finally:
-        state.limiter.release_budget(caller.id, reserved_usd)
-        await asyncio.to_thread(engine.close)
-
-
-def describe(info: Any) -> dict[str, Any]:
-    return info.to_dict()  # type: ignore[no-any-return]

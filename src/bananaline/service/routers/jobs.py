@@ -24,7 +24,7 @@ from ..auth import Principal
 from ..deps import files_base_url, get_state, require_caller
 from ..generation import files_url
 from ..http_errors import ServiceError, not_found
-from ..jobs_engine import pending_estimate_usd, start_run
+from ..jobs_engine import check_budget, start_run
 
 router = APIRouter(tags=["jobs"])
 
@@ -138,12 +138,8 @@ async def _start(request: Request, principal: Principal, batch_id: str) -> bool:
     assert caller is not None
     if caller.upstream_key is None and state.settings.api_key is None:
         raise GenerationError(ErrorKind.NO_API_KEY, request_sent=False)
-    reserved = 0.0
-    if caller.budget_usd is not None:
-        estimate = await asyncio.to_thread(pending_estimate_usd, state, batch_id, caller.id)
-        spent = await asyncio.to_thread(state.usage.spent_usd, caller.id)
-        reserved = state.limiter.reserve_budget(caller.id, caller.budget_usd, spent, estimate)
-    return start_run(state, caller, batch_id, reserved_usd=reserved)
+    await check_budget(state, caller, batch_id)
+    return start_run(state, caller, batch_id)
 
 
 @router.post(

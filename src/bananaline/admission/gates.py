@@ -1,0 +1,258 @@
+"""The one per-caller limiter: requests per minute, generations in flight, budget reservations.
+
+Every door shares one :class:`CallerGates` per process, so a caller's limits hold across the
+plugin, both gateways, the jobs API and batch rows at once (a batch no longer gets limits of its
+own). Two ways in, one set of counters:
+
+* a request door (plugin, gateway, MCP) calls :meth:`CallerGate.take_request` when it admits a
+  request — over the rpm limit it is refused at once with ``rate_limited`` and a Retry-After —
+  then holds :meth:`CallerGate.slot` around the upstream call, waiting for a free slot;
+* the batch dispatcher asks :meth:`CallerGate.ready_in_s` and claims a row only when it is 0,
+  then :meth:`CallerGate.acquire` (slot and rpm together) and :meth:`CallerGate.release`.
+
+rpm is a moving 60 s window (``limits``' moving-window strategy: at most ``rpm`` starts in any
+minute). Concurrency backs off on 429s (AIMD): halved at most once per cool-down plus a pause
+for the upstream's Retry-After, then one slot back per round of successes. Budget: a reservation
+is taken at admission and released only after the spend is written, so concurrent requests can
+never all squeeze under the same remaining budget. Limits are per process; with several worker
+processes an operator divides them (README).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from limits import RateLimitItem, RateLimitItemPerHour, RateLimitItemPerMinute
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter
+
+from ..errors import ErrorKind, GenerationError
+
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True)
+class CallerLimits:
+    """What one caller may do; ``None`` = no limit of that kind (concurrency: the default)."""
+
+    concurrency: int | None = None
+    rpm: float | None = None
+    budget_usd: float | None = None
+
+
+def _rpm_item(rpm: float) -> RateLimitItem:
+    if rpm >= 1 and float(rpm).is_integer():
+        return RateLimitItemPerMinute(int(rpm))
+    return RateLimitItemPerHour(max(1, round(rpm * 60)))
+
+
+class CallerGate:
+    """One caller's share of this process. Lives on one event loop; not thread-safe."""
+
+    def __init__(
+        self,
+        key: str,
+        limits: CallerLimits,
+        *,
+        default_concurrency: int,
+        window: MovingWindowRateLimiter,
+        default_pause_s: float = 1.0,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.key = key
+        self._window = window
+        self._clock = clock
+        self._default_pause_s = default_pause_s
+        self._default_concurrency = default_concurrency
+        self.in_flight = 0
+        self.reserved_usd = 0.0
+        self.paused_until = 0.0
+        self.rate_limited_count = 0
+        self._last_cut = -math.inf
+        self._listeners: list[Callable[[], None]] = []
+        self._changed = asyncio.Event()
+        self.limits = limits
+        self.max_concurrency = max(1, limits.concurrency or default_concurrency)
+        self.effective = float(self.max_concurrency)
+        self._rpm_item = _rpm_item(limits.rpm) if limits.rpm else None
+
+    def update(self, limits: CallerLimits) -> None:
+        """The caller's limits changed (an operator edited them): apply them from now on."""
+        if limits == self.limits:
+            return
+        self.limits = limits
+        self.max_concurrency = max(1, limits.concurrency or self._default_concurrency)
+        self.effective = min(self.effective, float(self.max_concurrency))
+        self._rpm_item = _rpm_item(limits.rpm) if limits.rpm else None
+        self._notify()
+
+    # --- concurrency ------------------------------------------------------------------------
+
+    @property
+    def slots(self) -> int:
+        return max(1, int(self.effective))
+
+    def ready_in_s(self) -> float:
+        """0 when a generation may start now; ``inf`` when only a finishing one can free a slot."""
+        if self.in_flight >= self.slots:
+            return math.inf
+        return max(max(0.0, self.paused_until - self._clock()), self._rpm_wait_s())
+
+    def acquire(self, *, count_request: bool = True) -> None:
+        self.in_flight += 1
+        if count_request and self._rpm_item is not None:
+            self._window.hit(self._rpm_item, self.key)
+
+    def release(self) -> None:
+        self.in_flight = max(0, self.in_flight - 1)
+        self._notify()
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold one of the caller's slots for an admitted request (its rpm was counted then)."""
+        while True:
+            wait_s = math.inf if self.in_flight >= self.slots else self.paused_until - self._clock()
+            if wait_s <= 0:
+                break
+            changed = self._event()
+            changed.clear()
+            try:
+                await asyncio.wait_for(changed.wait(), None if wait_s == math.inf else wait_s)
+            except TimeoutError:
+                pass
+        self.acquire(count_request=False)
+        try:
+            yield
+        finally:
+            self.release()
+
+    # --- requests per minute ----------------------------------------------------------------
+
+    def _rpm_wait_s(self) -> float:
+        if self._rpm_item is None:
+            return 0.0
+        stats = self._window.get_window_stats(self._rpm_item, self.key)
+        if stats.remaining > 0:
+            return 0.0
+        return max(0.001, stats.reset_time - time.time())
+
+    def take_request(self) -> None:
+        """Count one admitted request, or refuse it with ``rate_limited`` and a Retry-After."""
+        if self._rpm_item is None or self._window.hit(self._rpm_item, self.key):
+            return
+        rpm = self.limits.rpm
+        retry_after_s = max(1.0, self._rpm_wait_s())
+        raise GenerationError(
+            ErrorKind.RATE_LIMITED,
+            detail="caller_rpm",
+            message=f"this caller is limited to {rpm:g} requests per minute; retry in {retry_after_s:.0f}s",
+            message_zh=f"该调用方每分钟最多 {rpm:g} 次请求，请 {retry_after_s:.0f} 秒后重试",
+            retry_after_s=retry_after_s,
+            request_sent=False,
+        )
+
+    # --- upstream feedback (AIMD) -------------------------------------------------------------
+
+    def on_success(self) -> None:
+        if self.effective < self.max_concurrency:
+            self.effective = min(float(self.max_concurrency), self.effective + 1.0 / self.effective)
+            self._notify()
+
+    def on_rate_limited(self, retry_after_s: float | None = None) -> None:
+        """Multiplicative decrease, once per cool-down (a burst of 429s is one signal), and a pause."""
+        now = self._clock()
+        self.rate_limited_count += 1
+        pause_s = retry_after_s if retry_after_s and retry_after_s > 0 else self._default_pause_s
+        if now - self._last_cut >= max(pause_s, self._default_pause_s):
+            self.effective = max(1.0, self.effective / 2.0)
+            self._last_cut = now
+        self.paused_until = max(self.paused_until, now + pause_s)
+
+    # --- budget -------------------------------------------------------------------------------
+
+    def reserve(self, spent_usd: float, estimate_usd: float) -> float:
+        """Reserve ``estimate_usd`` against the budget or refuse with ``budget_exceeded``."""
+        if self.limits.budget_usd is None:
+            return 0.0
+        self.check_budget(spent_usd, estimate_usd)
+        self.reserved_usd += estimate_usd
+        return estimate_usd
+
+    def check_budget(self, spent_usd: float, estimate_usd: float) -> None:
+        """Refuse like :meth:`reserve` would, without holding anything (a batch's upfront check)."""
+        budget_usd = self.limits.budget_usd
+        if budget_usd is None:
+            return
+        if spent_usd + self.reserved_usd + estimate_usd > budget_usd + 1e-9:
+            raise GenerationError(
+                ErrorKind.BUDGET_EXCEEDED,
+                detail=f"spent {spent_usd:.4f} (+{self.reserved_usd:.4f} in flight) of {budget_usd:.4f} USD; "
+                f"this needs about {estimate_usd:.4f}",
+                request_sent=False,
+            )
+
+    def release_reservation(self, amount_usd: float) -> None:
+        """Call only after the spend the reservation covered is written."""
+        if amount_usd:
+            self.reserved_usd = max(0.0, self.reserved_usd - amount_usd)
+            self._notify()
+
+    # --- waking waiters -------------------------------------------------------------------------
+
+    def subscribe(self, listener: Callable[[], None]) -> None:
+        self._listeners.append(listener)
+
+    def unsubscribe(self, listener: Callable[[], None]) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def _event(self) -> asyncio.Event:
+        return self._changed
+
+    def _notify(self) -> None:
+        self._changed.set()
+        for listener in list(self._listeners):
+            listener()
+
+
+class CallerGates:
+    """Every caller's gate in this process, made on first use from ``limits_for(key)``."""
+
+    def __init__(
+        self,
+        limits_for: Callable[[str], CallerLimits] | None = None,
+        *,
+        default_concurrency: int = 4,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self._limits_for = limits_for or (lambda key: CallerLimits())
+        self.default_concurrency = default_concurrency
+        self._clock = clock
+        self._window = MovingWindowRateLimiter(MemoryStorage())
+        self._gates: dict[str, CallerGate] = {}
+
+    def get(self, key: str, limits: CallerLimits | None = None) -> CallerGate:
+        """The gate of ``key``; ``limits`` (when given) are the caller's current limits."""
+        gate = self._gates.get(key)
+        if gate is None:
+            gate = CallerGate(
+                key,
+                limits if limits is not None else self._limits_for(key),
+                default_concurrency=self.default_concurrency,
+                window=self._window,
+                clock=self._clock,
+            )
+            self._gates[key] = gate
+        elif limits is not None:
+            gate.update(limits)
+        return gate
+
+    __getitem__ = get
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self._gates.values())
