@@ -51,6 +51,7 @@ async def store_result(
     store: ImageStore,
     *,
     url_for_key: Callable[[str], str] | None = None,
+    public: bool = False,
     skip_failed: bool = False,
     **extra: Any,
 ) -> list[StoredImage | None]:
@@ -59,7 +60,8 @@ async def store_result(
     An upload failure lands in the spool (``storage_status == "stored_locally"``, the spool path
     as URL) and is reported, never raised. Stored images get the store's own URLs, or
     ``url_for_key(key)`` when given: the service serves a ``file://`` store under ``/files/…``
-    and hands out those links instead of paths on its disk.
+    and hands out those links instead of paths on its disk. ``public``: the URLs are for other
+    people (the service), so an image still in the spool has no link at all, never a local path.
 
     A ``GenerationError`` (even the spool failed, or the image is refused) is raised, unless
     ``skip_failed``: then that image's entry is ``None``, ``storage_failed`` joins the warnings and
@@ -77,14 +79,17 @@ async def store_result(
             result.warnings.append("storage_failed")
             stored_images.append(None)
             continue
-        if stored.status == "stored" and url_for_key is not None:
+        stored_here = stored.status == "stored"
+        if stored_here and url_for_key is not None:
             image.url = url_for_key(stored.key)
             image.thumbnail_url = url_for_key(stored.thumbnail_key) if stored.thumbnail_key else None
             image.compressed_url = url_for_key(stored.compressed_key) if stored.compressed_key else None
-        else:
+        elif stored_here or not public:
             image.url = stored.url or (str(stored.spool_path) if stored.spool_path else None)
             image.compressed_url = stored.compressed_url
             image.thumbnail_url = stored.thumbnail_url
+        else:  # in this host's spool until it can be uploaded: nothing to show others yet
+            image.url = image.thumbnail_url = image.compressed_url = None
         image.storage_status = stored.status
         stored_images.append(stored)
     return stored_images

@@ -79,6 +79,8 @@ class BatchEngine:
         client: ImageClient | None = None,
         keyring: KeyRing | None = None,
         accounting: JobAccounting | None = None,
+        url_for_key: Callable[[str], str] | None = None,
+        public: bool = False,
         lease_s: float = DEFAULT_LEASE_S,
     ) -> None:
         self.settings = settings
@@ -89,6 +91,10 @@ class BatchEngine:
         self.keyring = keyring or KeyRing.single(settings.api_key)
         #: Whose limits gate each row and where its spend goes; ``None``: the keys file's limits.
         self.accounting = accounting
+        #: Links for stored images (the service's ``/files/…``); ``None``: the store's own URLs.
+        self.url_for_key = url_for_key
+        #: Links are for other people (the service): an image in the spool gets none, never a path.
+        self.public = public
         self.lease_s = lease_s
 
     def close(self) -> None:
@@ -239,6 +245,8 @@ class BatchEngine:
                     store=store,
                     accounting=accounting,
                     ceiling=ceiling,
+                    url_for_key=self.url_for_key,
+                    public=self.public,
                     run_token=run_token,
                     lease_s=self.lease_s,
                     on_progress=on_progress,

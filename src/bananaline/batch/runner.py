@@ -87,6 +87,8 @@ class BatchRun:
         store: ImageStore,
         accounting: JobAccounting,
         ceiling: int,
+        url_for_key: Callable[[str], str] | None = None,
+        public: bool = False,
         run_token: str,
         lease_s: float,
         on_progress: Callable[[ProgressSnapshot], None] | None,
@@ -95,6 +97,7 @@ class BatchRun:
         self.jobs, self.db, self.batch_id = jobs, db, batch_id
         self.keyring, self.client, self.store = keyring, client, store
         self.accounting, self.ceiling = accounting, ceiling
+        self.url_for_key, self.public = url_for_key, public
         self.run_token, self.lease_s = run_token, lease_s
         self._gates: dict[str, CallerGate] = {}
         self.on_progress, self.stop = on_progress, stop
@@ -313,7 +316,13 @@ class BatchRun:
             return outcome
         try:
             await store_result(
-                result, self.store, batch=self.batch_id, row=job.row_index, variant=job.variant
+                result,
+                self.store,
+                url_for_key=self.url_for_key,
+                public=self.public,
+                batch=self.batch_id,
+                row=job.row_index,
+                variant=job.variant,
             )
         except Exception as exc:  # noqa: BLE001 - any storage failure is this row's error, not the run's
             outcome.ok = False

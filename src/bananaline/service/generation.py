@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, unquote
@@ -71,6 +72,13 @@ class GenerationService:
     def gate_for(self, caller: Caller) -> CallerGate:
         """The caller's one gate in this process, with its current limits."""
         return self.gates.get(caller.id, limits_of(caller))
+
+    def links(self, files_base_url: str) -> Callable[[str], str] | None:
+        """The one rule for the links the service hands out (and stores): a ``file://`` store is
+        served by this app under ``/files/…``; any other store knows its own public URLs."""
+        if self.store is None or self.store.local_root is None:
+            return None
+        return lambda key: files_url(files_base_url, key)
 
     # ---- before anything is sent --------------------------------------------------------------
 
@@ -189,11 +197,11 @@ class GenerationService:
         """Store through the one ``delivery.store_result``; a ``file://`` store is served by this app
         under ``/files/…``, and nothing a caller sees is a path on this host."""
         assert self.store is not None
-        local = self.store.local_root is not None
         stored_images = await store_result(
             result,
             self.store,
-            url_for_key=(lambda key: files_url(files_base_url, key)) if local else None,
+            url_for_key=self.links(files_base_url),
+            public=True,
             skip_failed=True,
             caller=principal.label,
             source=source,
@@ -204,7 +212,6 @@ class GenerationService:
             if stored is None:
                 continue
             if stored.status != "stored":  # in the spool until it can be uploaded: no link yet
-                image.url = image.thumbnail_url = image.compressed_url = None
                 result.warnings.append("stored_locally")
             records.append(
                 FileRecord(

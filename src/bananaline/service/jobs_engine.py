@@ -101,7 +101,7 @@ async def check_budget(state: AppState, caller: Caller, batch_id: str) -> None:
     state.generation.gate_for(caller).check_budget(spent, estimate)
 
 
-def start_run(state: AppState, caller: Caller, batch_id: str) -> bool:
+def start_run(state: AppState, caller: Caller, batch_id: str, *, files_base_url: str) -> bool:
     """Start running the batch unless it already runs in this process. Returns whether it started."""
     runs = state.batch_runs if state.batch_runs is not None else {}
     current = runs.get(batch_id)
@@ -112,6 +112,8 @@ def start_run(state: AppState, caller: Caller, batch_id: str) -> bool:
         store=state.store,
         keyring=_keyring(state, caller),
         accounting=CallerAccounting(state, caller, batch_id),
+        url_for_key=state.generation.links(files_base_url),
+        public=True,
     )
 
     async def run() -> None:

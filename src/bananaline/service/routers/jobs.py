@@ -17,12 +17,9 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ...batch import BatchInputError, BatchNotFound, ColumnConfig, read_table_bytes
-from ...batch.results import output_rows
-from ...batch.sheets import write_table
 from ...errors import ErrorKind, GenerationError
 from ..auth import Principal
 from ..deps import files_base_url, get_state, require_caller
-from ..generation import files_url
 from ..http_errors import ServiceError, not_found
 from ..jobs_engine import check_budget, start_run
 
@@ -139,7 +136,7 @@ async def _start(request: Request, principal: Principal, batch_id: str) -> bool:
     if caller.upstream_key is None and state.settings.api_key is None:
         raise GenerationError(ErrorKind.NO_API_KEY, request_sent=False)
     await check_budget(state, caller, batch_id)
-    return start_run(state, caller, batch_id)
+    return start_run(state, caller, batch_id, files_base_url=files_base_url(request))
 
 
 @router.post(
@@ -223,31 +220,6 @@ async def list_jobs(request: Request, principal: Principal = Depends(require_cal
     return {"batches": [info.to_dict() for info in infos]}
 
 
-def _public_urls(request: Request, status: Any) -> None:
-    """Rewrite ``file://`` URLs of the app-served store into ``/files/…`` links; an image that
-    only reached the local spool has no link a caller could use, and its server path is nobody's
-    business, so its URLs are blanked (the row still says ``stored_locally``)."""
-    state = get_state(request)
-    for row in status.rows:
-        for image in row.images:
-            if image.storage_status == "stored_locally":
-                image.url = image.thumbnail_url = image.compressed_url = None
-    root = state.store.local_root if state.store is not None else None
-    if root is None:
-        return
-    prefix = root.resolve().as_uri().rstrip("/") + "/"
-    alt_prefix = root.as_uri().rstrip("/") + "/"
-    base = files_base_url(request)
-    for row in status.rows:
-        for image in row.images:
-            for attribute in ("url", "thumbnail_url", "compressed_url"):
-                value = getattr(image, attribute)
-                for candidate in (prefix, alt_prefix):
-                    if value and value.startswith(candidate):
-                        setattr(image, attribute, files_url(base, value[len(candidate) :]))
-                        break
-
-
 async def _status(request: Request, batch_id: str, owner: str | None, *, previews: bool = False) -> Any:
     state = get_state(request)
     assert state.batches is not None
@@ -257,7 +229,6 @@ async def _status(request: Request, batch_id: str, owner: str | None, *, preview
         raise not_found("batch") from None
     if owner is None or status.info.owner != owner:
         raise not_found("batch")
-    _public_urls(request, status)
     return status
 
 
@@ -295,16 +266,12 @@ async def export_job(
     format: Literal["csv", "xlsx", "jsonl"] = Query("csv"),
     principal: Principal = Depends(require_caller),
 ) -> Response:
-    status = await _status(request, batch_id, principal.owner, previews=format == "xlsx")
-
-    def render() -> bytes:
-        header, rows = output_rows(status.header, status.rows)
-        previews = (
-            [row.previews[0] if row.previews else None for row in status.rows] if format == "xlsx" else None
-        )
-        return write_table(header, rows, format, previews=previews)
-
-    payload = await asyncio.to_thread(render)
+    state = get_state(request)
+    assert state.batches is not None
+    try:
+        payload = await asyncio.to_thread(state.batches.export, batch_id, format, owner=principal.owner)
+    except BatchNotFound:
+        raise not_found("batch") from None
     media = {
         "csv": "text/csv; charset=utf-8",
         "xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
