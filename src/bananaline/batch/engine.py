@@ -75,6 +75,7 @@ class BatchEngine:
         settings: Settings,
         *,
         db_url: str | None = None,
+        jobs: JobStore | None = None,
         store: ImageStore | None = None,
         client: ImageClient | None = None,
         keyring: KeyRing | None = None,
@@ -85,7 +86,7 @@ class BatchEngine:
     ) -> None:
         self.settings = settings
         self.db_url = db_url or settings.db_url
-        self.jobs = JobStore(self.db_url)
+        self.jobs = jobs or JobStore(self.db_url)
         self._store = store
         self._client = client
         self.keyring = keyring or KeyRing.single(settings.api_key)

@@ -93,13 +93,23 @@ class JobStore:
     """Repository over one database URL. Methods are synchronous and short; the engine calls them
     from a worker thread so the event loop never waits on disk or network."""
 
-    def __init__(self, db_url: str, *, migrate: bool = True) -> None:
+    def __init__(
+        self, db_url: str | None = None, *, engine: Engine | None = None, migrate: bool = True
+    ) -> None:
+        """Own an engine for ``db_url`` (migrated first), or share a process's ``engine`` (whose
+        owner migrated it at start-up and disposes of it)."""
+        if engine is not None:
+            self.engine, self._owns_engine = engine, False
+            return
+        if db_url is None:
+            raise ValueError("JobStore needs a db_url or an engine")
         if migrate:
             upgrade(db_url)
-        self.engine: Engine = make_engine(db_url)
+        self.engine, self._owns_engine = make_engine(db_url), True
 
     def close(self) -> None:
-        self.engine.dispose()
+        if self._owns_engine:
+            self.engine.dispose()
 
     # batches -------------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from ..admission import CallerGate, estimate_usd
 from ..batch import BatchEngine, CallerKey, KeyRing
 from ..batch.runner import JobAccounting
-from ..batch.store import ClaimedJob, JobOutcome
+from ..batch.store import ClaimedJob, JobOutcome, JobStore
 from ..logs import get_logger
 from .auth import Caller
 from .usage import UsageRecord
@@ -29,8 +29,9 @@ log = get_logger("bananaline.service.jobs")
 
 
 def build_batch_engine(state: AppState) -> BatchEngine:
-    """The shared engine for reads (list, status, export, retry, cancel)."""
-    return BatchEngine(state.settings, store=state.store)
+    """The shared engine for reads (list, status, export, retry, cancel), on the app's one
+    database engine (migrated once at start-up)."""
+    return BatchEngine(state.settings, jobs=JobStore(engine=state.engine), store=state.store)
 
 
 def _keyring(state: AppState, caller: Caller) -> KeyRing:
@@ -107,8 +108,10 @@ def start_run(state: AppState, caller: Caller, batch_id: str, *, files_base_url:
     current = runs.get(batch_id)
     if current is not None and not current.done():
         return False
+    assert state.batches is not None
     engine = BatchEngine(
         state.settings,
+        jobs=state.batches.jobs,
         store=state.store,
         keyring=_keyring(state, caller),
         accounting=CallerAccounting(state, caller, batch_id),

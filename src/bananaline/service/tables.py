@@ -8,9 +8,12 @@ secret in plain text: tokens are SHA-256 digests, upstream keys are Fernet ciphe
 
 from __future__ import annotations
 
-from sqlalchemy import Boolean, Column, Float, ForeignKey, Index, Integer, MetaData, String, Table, Text
+from sqlalchemy import Boolean, Column, Float, ForeignKey, Index, Integer, String, Table, Text
 
-metadata = MetaData()
+from ..db.base import Base
+
+#: The one metadata of every bananaline table (batch and service alike), under one Alembic history.
+metadata = Base.metadata
 
 callers = Table(
     "service_callers",
