@@ -146,15 +146,36 @@ class Encoded:
     height: int
 
 
-_TRANSPOSE_FOR_ORIENTATION = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}
+_WHITE = (255, 255, 255)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """The one RGB flatten: transparency onto white, 16/32-bit greyscale scaled to 8 bits.
+    Closes ``image`` when it made a new one."""
+    if image.mode == "RGB":
+        return image
+    if image.mode == "P" and "transparency" in image.info:
+        converted = image.convert("RGBA")
+        image.close()
+        image = converted
+    if image.mode in {"RGBA", "LA", "PA", "RGBa", "La"}:
+        flat = Image.new("RGB", image.size, _WHITE)
+        flat.paste(image, mask=image.getchannel("A"))
+    elif image.mode.startswith("I"):
+        flat = ImageOps.grayscale(image).convert("RGB")
+    else:
+        flat = image.convert("RGB")
+    image.close()
+    return flat
+
+
+def upright(image: Image.Image) -> None:
+    """Apply the EXIF orientation in place (the metadata that carried it is dropped on re-encode);
+    broken EXIF must not sink a usable image."""
+    try:
+        ImageOps.exif_transpose(image, in_place=True)
+    except Exception:  # noqa: BLE001 - Pillow raises many types for hostile EXIF
+        return
 
 
 def reencode(data: bytes, *, long_edge_px: int, max_pixels: int, jpeg_quality: int = 90) -> Encoded:
@@ -165,29 +186,20 @@ def reencode(data: bytes, *, long_edge_px: int, max_pixels: int, jpeg_quality: i
     the metadata that carried it is dropped.
     """
     with open_lazily(data, max_pixels=max_pixels) as image:
-        orientation = 1
-        try:
-            orientation = int(image.getexif().get(0x0112, 1))
-        except Exception:  # broken EXIF must not sink a usable image
-            orientation = 1
         box = (long_edge_px, long_edge_px)
         if image.format == "JPEG":
             image.draft("RGB", box)
         decode(image)
         image.thumbnail(box, Image.Resampling.LANCZOS, reducing_gap=3.0)
+        upright(image)
         work: Image.Image = image
-        if orientation in _TRANSPOSE_FOR_ORIENTATION:
-            work = work.transpose(_TRANSPOSE_FOR_ORIENTATION[orientation])
         buffer = io.BytesIO()
         if has_alpha(work):
             work = work.convert("LA" if work.mode in ("L", "LA", "La") else "RGBA")
             work.save(buffer, format="PNG", optimize=False, compress_level=6)
             mime = "image/png"
         else:
-            if work.mode.startswith("I"):  # 16/32-bit greyscale: scale to 8 bits first
-                work = ImageOps.grayscale(work)
-            if work.mode != "RGB":
-                work = work.convert("RGB")
+            work = to_rgb(work)
             work.save(buffer, format="JPEG", quality=jpeg_quality, optimize=True)
             mime = "image/jpeg"
         return Encoded(buffer.getvalue(), mime, work.width, work.height)

@@ -13,9 +13,7 @@ and is sanitised (:func:`sanitize_stem`). Saving twice under the same name repla
 from __future__ import annotations
 
 import json
-import os
 import re
-import secrets
 import struct
 import time
 import unicodedata
@@ -24,6 +22,7 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
+from .atomicfile import atomic_write
 from .errors import ErrorKind, GenerationError
 from .types import GeneratedImage
 
@@ -117,20 +116,6 @@ def png_with_metadata(png: bytes, metadata: dict[str, Any]) -> bytes | None:
     return png[:iend] + b"".join(_text_chunks(metadata)) + png[iend:]
 
 
-def _atomic_write(path: Path, payload: bytes) -> None:
-    temp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-
-
 def _file_name(image: GeneratedImage, stem: str | None) -> str:
     clean = sanitize_stem(stem) if stem is not None else ""
     if not clean:
@@ -151,9 +136,9 @@ def save_image(
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         if payload is not None:
-            _atomic_write(path, payload)
+            atomic_write(path, payload)
         else:
-            _atomic_write(path, image.data)
+            atomic_write(path, image.data)
             sidecar = {
                 "software": _software(),
                 "image": {
@@ -167,7 +152,7 @@ def save_image(
                 "metadata": metadata,
             }
             text = json.dumps(sidecar, ensure_ascii=False, indent=2, default=str)
-            _atomic_write(path.with_name(path.name + ".json"), text.encode("utf-8"))
+            atomic_write(path.with_name(path.name + ".json"), text.encode("utf-8"))
     except OSError as exc:
         raise GenerationError(
             ErrorKind.STORAGE, detail=f"cannot write {path.name}: {exc.strerror or exc}"

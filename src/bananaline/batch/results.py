@@ -39,7 +39,7 @@ ROW_TERMINAL = frozenset({"done", "stored_locally", "failed", "cancelled"})
 
 
 @dataclass
-class ImageInfo:
+class RowImage:
     sha256: str
     mime: str
     width: int
@@ -56,7 +56,7 @@ class RowResult:
     cells: dict[str, str]
     caller: str
     status: str
-    images: list[ImageInfo] = field(default_factory=list)
+    images: list[RowImage] = field(default_factory=list)
     error_kind: str | None = None
     error: str | None = None
     error_zh: str | None = None
@@ -155,7 +155,7 @@ def fold_rows(
             caller=row.caller,
             status=_row_status(row_jobs, row_images),
             images=[
-                ImageInfo(
+                RowImage(
                     i.sha256,
                     i.mime,
                     i.width,

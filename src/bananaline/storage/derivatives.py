@@ -14,19 +14,19 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
 from ..config import Settings
 from ..errors import ErrorKind, GenerationError
+from ..imaging import ImageTooLarge, UndecodableImage, open_lazily, to_rgb, upright
 
-_WHITE = (255, 255, 255)
 THUMBNAIL_WEBP_QUALITY = 80
 #: libwebp effort 0-6; above 2 costs 3x the time for a few percent fewer bytes on a thumbnail.
 THUMBNAIL_WEBP_METHOD = 2
 
 
 @dataclass(frozen=True)
-class ImageInfo:
+class ImageHeader:
     format: str | None
     width: int
     height: int
@@ -53,20 +53,16 @@ def bomb_error(width: int, height: int, max_pixels: int) -> GenerationError:
     )
 
 
-def probe(data: bytes, max_pixels: int) -> ImageInfo | None:
-    """Header-only look at the bytes. ``None`` when Pillow cannot identify them as an image."""
+def probe(data: bytes, max_pixels: int) -> ImageHeader | None:
+    """Header-only look at the bytes through the one bomb guard (``imaging.open_lazily``).
+    ``None`` when the bytes are not an image."""
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
-            info = ImageInfo(image.format, width, height)
-    except Image.DecompressionBombError:
-        # Pillow's own ceiling (2 x Image.MAX_IMAGE_PIXELS) tripped before ours could.
+        with open_lazily(data, max_pixels=max_pixels) as image:
+            return ImageHeader(image.format, *image.size)
+    except ImageTooLarge:
         raise bomb_error(*_declared_size(data), max_pixels) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+    except UndecodableImage:
         return None
-    if width * height > max_pixels:
-        raise bomb_error(width, height, max_pixels)
-    return info
 
 
 def _declared_size(data: bytes) -> tuple[int, int]:
@@ -82,24 +78,7 @@ def _fit(size: tuple[int, int], long_edge: int) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
-    """An RGB image; transparency is flattened onto white. Closes ``image`` if it made a new one."""
-    if image.mode == "RGB":
-        return image
-    if image.mode == "P" and "transparency" in image.info:
-        converted = image.convert("RGBA")
-        image.close()
-        image = converted
-    if image.mode in {"RGBA", "LA", "PA"}:
-        flat = Image.new("RGB", image.size, _WHITE)
-        flat.paste(image, mask=image.getchannel("A"))
-    else:
-        flat = image.convert("RGB")
-    image.close()
-    return flat
-
-
-def wants_compressed(info: ImageInfo | None, settings: Settings) -> bool:
+def wants_compressed(info: ImageHeader | None, settings: Settings) -> bool:
     """A compressed copy is worth making only when the original is not a JPEG or is too large."""
     return (
         info is not None
@@ -108,12 +87,12 @@ def wants_compressed(info: ImageInfo | None, settings: Settings) -> bool:
     )
 
 
-def wants_thumbnail(info: ImageInfo | None, settings: Settings) -> bool:
+def wants_thumbnail(info: ImageHeader | None, settings: Settings) -> bool:
     return info is not None and settings.make_thumbnail
 
 
 def make_derivatives(
-    data: bytes, info: ImageInfo, settings: Settings, *, compressed: bool = True, thumbnail: bool = True
+    data: bytes, info: ImageHeader, settings: Settings, *, compressed: bool = True, thumbnail: bool = True
 ) -> Derivatives:
     """Blocking. ``compressed``/``thumbnail`` narrow what the settings ask for (e.g. repair one)."""
     long_edge = settings.compressed_long_edge_px
@@ -123,13 +102,13 @@ def make_derivatives(
     if not (want_compressed or want_thumbnail):
         return result
     largest_needed = long_edge if want_compressed else settings.thumbnail_px
-    image: Image.Image = Image.open(io.BytesIO(data))
+    image: Image.Image = open_lazily(data, max_pixels=settings.max_image_pixels)
     try:
         if image.format == "JPEG":
             image.draft("RGB", _fit(image.size, largest_needed))
         image.load()
-        ImageOps.exif_transpose(image, in_place=True)
-        image = _to_rgb(image)
+        upright(image)
+        image = to_rgb(image)
         if want_compressed:
             image.thumbnail((long_edge, long_edge), Image.Resampling.LANCZOS)
             buffer = io.BytesIO()

@@ -9,15 +9,6 @@ from pathlib import Path
 from .backend import FS_TEMP_DIR
 
 
-def fsync_path(path: Path) -> None:
-    """fsync a file or a directory (a rename is durable only once its directory is synced)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def create_exclusive(root: Path, key: str, body: bytes) -> bool:
     """Create ``root/key`` with ``body`` unless it exists, atomically and complete (fsync + link).
 

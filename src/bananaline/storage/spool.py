@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .fsatomic import fsync_path
+from ..atomicfile import fsync_path
 from .layout import is_sha256
 
 RECORD_NAME = "record.json"

@@ -36,13 +36,14 @@ import opendal
 from opendal import exceptions as dal_errors
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
+from ..atomicfile import fsync_path
 from ..config import Settings
 from ..errors import ErrorKind, GenerationError, redact
 from ..types import MIME_EXTENSIONS
 from . import layout
 from .backend import build_operator
-from .derivatives import Derivatives, ImageInfo, make_derivatives, probe, wants_compressed, wants_thumbnail
-from .fsatomic import create_exclusive, fsync_path
+from .derivatives import Derivatives, ImageHeader, make_derivatives, probe, wants_compressed, wants_thumbnail
+from .fsatomic import create_exclusive
 from .results import FlushReport, StoredImage
 from .spool import Spool
 from .urls import StoreLocation, parse_store_url, public_url, url_template
@@ -235,7 +236,7 @@ class ImageStore:
         sha256: str,
         mime: str,
         metadata: dict[str, Any],
-        info: ImageInfo | None,
+        info: ImageHeader | None,
         when: datetime,
         *,
         spool: bool,
@@ -282,7 +283,7 @@ class ImageStore:
         mime: str,
         extension: str,
         metadata: dict[str, Any],
-        info: ImageInfo | None,
+        info: ImageHeader | None,
         when: datetime,
     ) -> StoredImage:
         prefix = self.location.prefix
@@ -330,7 +331,7 @@ class ImageStore:
         return await self._result(key, sha256, len(data), mime, derivative_keys, deduplicated)
 
     async def _ensure_derivatives(
-        self, key: str, data: bytes, info: ImageInfo | None
+        self, key: str, data: bytes, info: ImageHeader | None
     ) -> tuple[dict[str, str | None], dict[str, Any], list[str]]:
         keys = {"compressed_key": layout.compressed_key(key), "thumbnail_key": layout.thumbnail_key(key)}
         present = {name: await self._exists(value) for name, value in keys.items()}
@@ -355,7 +356,7 @@ class ImageStore:
         return {name: (value if present[name] else None) for name, value in keys.items()}, extra, warnings
 
     async def _make(
-        self, data: bytes, info: ImageInfo, compressed: bool, thumbnail: bool, warnings: list[str]
+        self, data: bytes, info: ImageHeader, compressed: bool, thumbnail: bool, warnings: list[str]
     ) -> Derivatives:
         async with self._derivative_slots:
             try:
