@@ -106,7 +106,21 @@ class Settings(BaseSettings):
     #: The service's own public address behind a proxy: absolute links and the OpenAPI ``servers``.
     public_base_url: str | None = None
     plugin_wait_s: float = 150.0
+    #: Request body limit for callers with a service token (``bl_…``): uploads, data URIs, JSON.
     max_upload_bytes: int = 50 * 1024 * 1024
+    #: The lower body limit for every other request (an own upstream key, or no credential): no
+    #: caller limits or budget apply to them, so a big ``data:`` URI is refused at the door (413).
+    max_unauthenticated_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    #: Direct peers (IPs or CIDRs) whose ``X-Forwarded-Proto/-For/-Host/-Prefix`` are believed; from
+    #: anyone else those headers are ignored. Loopback by default (a proxy on the same host).
+    trusted_proxies: list[str] = Field(default_factory=lambda: ["127.0.0.1", "::1"])
+    #: ``Host`` header values (``img.example.com`` or ``host:port``) that may choose the base of the
+    #: links the service returns and stores when ``public_base_url`` is unset; any other Host header
+    #: is ignored and the address the server is bound to is used instead.
+    allowed_hosts: list[str] = Field(default_factory=list)
+    #: When set, ``/metrics`` needs ``Authorization: Bearer <metrics_token>``; when unset it answers
+    #: loopback peers only (it shows per-caller spend).
+    metrics_token: SecretStr | None = None
 
     @classmethod
     def settings_customise_sources(
@@ -127,10 +141,6 @@ class Settings(BaseSettings):
         if self.timeout_s is not None:
             return self.timeout_s
         return self.timeout_by_size_s.get(image_size or "1K", self.timeout_by_size_s.get("1K", 360.0))
-
-    @property
-    def uses_google_host(self) -> bool:
-        return GOOGLE_HOST in self.base_url
 
     def with_overrides(self, **overrides: Any) -> Settings:
         """A copy with the non-``None`` overrides applied (CLI flags)."""

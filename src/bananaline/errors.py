@@ -45,6 +45,11 @@ scrubs every message and detail on construction.
 from __future__ import annotations
 
 import re
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from enum import StrEnum
 from typing import Any
 
@@ -147,20 +152,108 @@ _SECRET_PATTERNS = [
     re.compile(r"\bbl_[A-Za-z0-9_\-]{16,}"),
 ]
 
-_known_secrets: set[str] = set()
+#: Secrets shorter than this are not remembered (they would redact ordinary words).
+MIN_SECRET_CHARS = 6
+#: Request-scoped secrets (own upstream keys sent with one request) kept at most, least recently
+#: used evicted first. Configured secrets are pinned and never evicted.
+MAX_REQUEST_SECRETS = 4096
+#: Up to this many known secrets, :func:`redact` searches for each; beyond, it looks up every
+#: position of the text in a prefix index, so its cost no longer grows with the registry.
+_LINEAR_SEARCH_MAX = 128
+
+_request_scoped: ContextVar[bool] = ContextVar("bananaline_request_scoped_secrets", default=False)
 
 
-def register_secret(value: str | None) -> None:
-    """Remember a secret so that :func:`redact` removes it wherever it appears verbatim."""
-    if value and len(value) >= 6:
-        _known_secrets.add(value)
+class _SecretRegistry:
+    """Pinned secrets (configuration: upstream keys, store credentials, key files) plus a bounded
+    LRU of request-scoped ones, indexed by their last :data:`MIN_SECRET_CHARS` characters (keys
+    share prefixes such as ``AIzaSy`` or ``sk-``, rarely suffixes)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._lock = threading.Lock()
+        self._pinned: set[str] = set()
+        self._recent: OrderedDict[str, None] = OrderedDict()
+        self._by_suffix: dict[str, dict[str, None]] = {}
+
+    def __len__(self) -> int:
+        return len(self._pinned) + len(self._recent)
+
+    def add(self, value: str, *, transient: bool) -> None:
+        with self._lock:
+            if value in self._pinned:
+                return
+            if value in self._recent:
+                if transient:
+                    self._recent.move_to_end(value)
+                else:
+                    del self._recent[value]
+                    self._pinned.add(value)
+                return
+            self._by_suffix.setdefault(value[-MIN_SECRET_CHARS:], {})[value] = None
+            if not transient:
+                self._pinned.add(value)
+                return
+            self._recent[value] = None
+            while len(self._recent) > self.capacity:
+                evicted, _ = self._recent.popitem(last=False)
+                group = self._by_suffix[evicted[-MIN_SECRET_CHARS:]]
+                del group[evicted]
+                if not group:
+                    del self._by_suffix[evicted[-MIN_SECRET_CHARS:]]
+
+    def found_in(self, text: str) -> set[str]:
+        """The known secrets that occur in ``text``."""
+        if len(text) < MIN_SECRET_CHARS:
+            return set()
+        if len(self) <= _LINEAR_SEARCH_MAX:
+            known = [*list(self._pinned), *list(self._recent)]
+            return {secret for secret in known if secret in text}
+        by_suffix = self._by_suffix
+        found: set[str] = set()
+        for end in range(MIN_SECRET_CHARS, len(text) + 1):
+            group = by_suffix.get(text[end - MIN_SECRET_CHARS : end])
+            if group:
+                found.update(
+                    secret for secret in tuple(group) if text.startswith(secret, end - len(secret))
+                )
+        return found
+
+
+_secrets = _SecretRegistry(MAX_REQUEST_SECRETS)
+
+
+def register_secret(value: str | None, *, transient: bool | None = None) -> None:
+    """Remember a secret so that :func:`redact` removes it wherever it appears verbatim.
+
+    ``transient=True`` (or, by default, any registration made inside :func:`request_scoped_secrets`,
+    which the HTTP service opens around every request) keeps it in a bounded LRU of
+    :data:`MAX_REQUEST_SECRETS`: an own key sent with one request is redacted while it is in use,
+    and memory does not grow with the number of distinct keys ever seen. Everything else
+    (configured keys, store credentials, key files) is pinned: never evicted, whatever the traffic.
+    """
+    if value and len(value) >= MIN_SECRET_CHARS:
+        _secrets.add(value, transient=_request_scoped.get() if transient is None else transient)
+
+
+@contextmanager
+def request_scoped_secrets() -> Iterator[None]:
+    """Secrets registered inside (and in tasks started inside) are request-scoped by default."""
+    token = _request_scoped.set(True)
+    try:
+        yield
+    finally:
+        _request_scoped.reset(token)
+
+
+def registered_secret_count() -> int:
+    return len(_secrets)
 
 
 def redact(text: str) -> str:
     """Remove anything that looks like or is known to be a credential."""
-    for secret in sorted(_known_secrets, key=len, reverse=True):
-        if secret in text:
-            text = text.replace(secret, "***")
+    for secret in sorted(_secrets.found_in(text), key=len, reverse=True):
+        text = text.replace(secret, "***")
     for pattern in _SECRET_PATTERNS:
         if pattern.groups:
             text = pattern.sub(lambda m: m.group(1) + "***", text)
@@ -226,18 +319,6 @@ class GenerationError(Exception):
             "message": self.message,
             "message_zh": self.message_zh,
         }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> GenerationError:
-        return cls(
-            data["kind"],
-            detail=data.get("detail"),
-            label=data.get("label"),
-            message=data.get("message"),
-            message_zh=data.get("message_zh"),
-            retryable=data.get("retryable"),
-        )
-
 
 def default_retryable(kind: ErrorKind, detail: str | None) -> bool:
     if kind is ErrorKind.FINISH_REASON:

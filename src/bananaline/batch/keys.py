@@ -28,8 +28,6 @@ from pydantic import SecretStr
 from ..admission import CallerLimits
 from ..errors import register_secret
 
-DEFAULT_CALLER = ""
-
 
 @dataclass(frozen=True)
 class CallerKey:

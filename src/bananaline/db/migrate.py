@@ -35,14 +35,3 @@ def upgrade(url: str, revision: str = "head") -> None:
             connection.commit()
     finally:
         engine.dispose()
-
-
-def current_revision(url: str) -> str | None:
-    from alembic.runtime.migration import MigrationContext
-
-    engine = make_engine(url)
-    try:
-        with engine.connect() as connection:
-            return MigrationContext.configure(connection).get_current_revision()
-    finally:
-        engine.dispose()

@@ -61,10 +61,6 @@ class KeyCipher:
             ).derive(secret_key.get_secret_value().encode("utf-8"))
             self._fernet = Fernet(base64.urlsafe_b64encode(derived))
 
-    @property
-    def available(self) -> bool:
-        return self._fernet is not None
-
     def encrypt(self, upstream_key: str) -> str:
         if self._fernet is None:
             raise SecretKeyMissing(

@@ -60,11 +60,6 @@ def index_key(prefix: str, sha256: str) -> str:
     return _join(prefix, f"{INDEX_DIR}/{sha256[:2]}/{sha256}")
 
 
-def sha256_of_key(key: str) -> str | None:
-    match = _IMAGE_KEY.match(key)
-    return match.group("sha") if match else None
-
-
 def is_internal(key: str, prefix: str) -> bool:
     """Bookkeeping objects that :meth:`ImageStore.list` hides: index pointers and temp files."""
     relative = key[len(prefix) + 1 :] if prefix and key.startswith(prefix + "/") else key
