@@ -214,9 +214,7 @@ class _SecretRegistry:
         for end in range(MIN_SECRET_CHARS, len(text) + 1):
             group = by_suffix.get(text[end - MIN_SECRET_CHARS : end])
             if group:
-                found.update(
-                    secret for secret in tuple(group) if text.startswith(secret, end - len(secret))
-                )
+                found.update(secret for secret in tuple(group) if text.startswith(secret, end - len(secret)))
         return found
 
 

@@ -92,28 +92,76 @@ class _Loaded:
 
 def _label(source: str) -> str:
     if source[:5].lower() == "data:":
-        header = source[5:].split(",", 1)[0][:60]
+        header = source[5:65].split(",", 1)[0]  # never slice the payload: it may be megabytes
         return f"data:{header},…"
     if _URL_LIKE.match(source):
         return redact_url(source)
     return source if len(source) <= 200 else source[:197] + "..."
 
 
+#: Data URIs longer than this (in characters) are decoded in a worker thread, off the event loop.
+DATA_URI_INLINE_DECODE_CHARS = 64 * 1024
+#: Percent-decoding works through the payload this many characters at a time, so the temporary
+#: objects it makes stay small whatever the URI's size.
+_DATA_URI_CHUNK_CHARS = 16 * 1024
+_BASE64_WHITESPACE = b" \t\n\r\f\v"
+
+
 def _decode_data_uri(source: str, label: str, limit: int) -> bytes:
-    header, sep, payload = source[5:].partition(",")
-    if not sep:
+    """The bytes of a ``data:`` URI, never more than ``limit`` of them.
+
+    Bounded before and while decoding: a payload whose smallest possible decoded size (every
+    ``%XY`` escape counted as one byte, every literal whitespace dropped for base64) exceeds
+    ``limit`` is refused without decoding; otherwise the payload is percent-decoded in chunks into
+    one buffer that is abandoned as soon as it outgrows the limit (``inline_size(limit)`` for base64
+    text). Peak memory is about the decoded size plus one chunk, never a multiple of the URI.
+    """
+    comma = source.find(",", 5)
+    if comma == -1:
         raise reference_error("not_an_image", label, "data URI has no comma")
-    if len(payload) * 3 // 4 > limit:
+    is_base64 = source[5:comma].lower().endswith(";base64")
+    escapes = source.count("%", comma + 1)
+    payload_chars = len(source) - comma - 1
+    if is_base64:
+        literal_whitespace = sum(source.count(char, comma + 1) for char in " \t\n\r\f\v")
+        least_text = max(0, payload_chars - 3 * escapes - literal_whitespace)
+        least_bytes = least_text // 4 * 3
+    else:
+        least_bytes = payload_chars - 2 * escapes
+    if least_bytes > limit:
         raise reference_error("too_large", label, f"data URI holds more than {limit} bytes")
+    text_limit = inline_size(limit) + 3 if is_base64 else limit
+    decoded = _unquote_bounded(source, comma + 1, text_limit, strip_whitespace=is_base64)
+    if decoded is None:
+        raise reference_error("too_large", label, f"data URI holds more than {limit} bytes")
+    if not is_base64:
+        return bytes(decoded)
+    decoded += b"=" * (-len(decoded) % 4)
+    altchars = b"-_" if (b"-" in decoded or b"_" in decoded) else None
     try:
-        if header.lower().endswith(";base64"):
-            text = re.sub(r"\s+", "", unquote_to_bytes(payload).decode("ascii"))
-            text += "=" * (-len(text) % 4)
-            altchars = b"-_" if ("-" in text or "_" in text) else None
-            return base64.b64decode(text, altchars=altchars, validate=True)
-        return unquote_to_bytes(payload)
-    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+        return base64.b64decode(decoded, altchars=altchars, validate=True)
+    except (binascii.Error, ValueError) as exc:
         raise reference_error("not_an_image", label, f"data URI payload is not valid base64 ({exc})") from exc
+
+
+def _unquote_bounded(source: str, start: int, limit: int, *, strip_whitespace: bool) -> bytearray | None:
+    """Percent-decode ``source[start:]`` chunk by chunk; ``None`` once the output exceeds ``limit``."""
+    decoded = bytearray()
+    position, end = start, len(source)
+    while position < end:
+        stop = min(position + _DATA_URI_CHUNK_CHARS, end)
+        if stop < end:  # never cut an escape in two
+            split_escape = source.rfind("%", stop - 2, stop)
+            if split_escape != -1:
+                stop = split_escape
+        piece = unquote_to_bytes(source[position:stop])
+        if strip_whitespace:
+            piece = piece.translate(None, _BASE64_WHITESPACE)
+        decoded += piece
+        if len(decoded) > limit:
+            return None
+        position = stop
+    return decoded
 
 
 def _read_local(source: str, label: str, limit: int) -> bytes:
@@ -163,7 +211,9 @@ async def _load_raw(
     label = _label(source)
     limit = settings.reference_max_download_bytes
     if source[:5].lower() == "data:":
-        return _decode_data_uri(source, label, limit)
+        if len(source) <= DATA_URI_INLINE_DECODE_CHARS:
+            return _decode_data_uri(source, label, limit)
+        return await asyncio.to_thread(_decode_data_uri, source, label, limit)
     if _URL_LIKE.match(source):
         return await guarded_fetch(source, settings=settings, client=client, resolver=resolver)
     if not allow_paths:
@@ -279,4 +329,3 @@ async def load_references(
         _Loaded(original=task.result(), label=_label(text)) for task, text in zip(tasks, texts, strict=True)
     ]
     return await asyncio.to_thread(_prepare_all, items, settings)
-

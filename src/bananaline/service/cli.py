@@ -27,15 +27,29 @@ def _settings(**overrides: Any) -> Settings:
 
 
 def _repositories(db: str | None) -> tuple[Any, Any, Any]:
-    from ..db import make_engine, upgrade
+    from ..db import make_engine
     from .auth import KeyCipher
     from .callers import CallerRepository
     from .usage import UsageRepository
 
     settings = _settings(db_url=db)
-    upgrade(settings.db_url)
+    _upgrade(settings.db_url)
     engine = make_engine(settings.db_url)
     return CallerRepository(engine, KeyCipher(settings.secret_key)), UsageRepository(engine), engine
+
+
+def _upgrade(db_url: str) -> None:
+    """Migrate, or exit 2 with the fix when the URL cannot be used (a driver not installed)."""
+    from rich.markup import escape
+
+    from ..db import upgrade
+    from ..db.base import DatabaseUrlError
+
+    try:
+        upgrade(db_url)
+    except DatabaseUrlError as exc:
+        err.print(f"[red]{escape(str(exc))}[/red]", highlight=False)
+        raise typer.Exit(2) from None
 
 
 def serve(
@@ -52,20 +66,26 @@ def serve(
         typer.Option("--public-base-url", help="Absolute URL clients reach us at (links, OpenAPI servers)."),
     ] = None,
     forwarded_allow_ips: Annotated[
-        str, typer.Option(help="Proxies trusted for X-Forwarded-* headers (comma list or *).")
-    ] = "127.0.0.1",
+        str | None,
+        typer.Option(
+            help="Proxies (IPs/CIDRs, comma list, or *) trusted for X-Forwarded-* headers "
+            "(default: BANANALINE_TRUSTED_PROXIES, else loopback)."
+        ),
+    ] = None,
 ) -> None:
     """Run the HTTP service: plugin endpoint, Gemini/OpenAI gateway, jobs API, /files, /metrics."""
     import uvicorn
-
-    from ..db import upgrade
 
     # Workers are separate processes that build their settings from the environment.
     for name, value in (("DB_URL", db), ("STORE_URL", store), ("PUBLIC_BASE_URL", public_base_url)):
         if value:
             os.environ[f"BANANALINE_{name}"] = value
+    if forwarded_allow_ips:
+        proxies = [item.strip() for item in forwarded_allow_ips.split(",") if item.strip()]
+        trusted = ["0.0.0.0/0", "::/0"] if proxies == ["*"] else proxies
+        os.environ["BANANALINE_TRUSTED_PROXIES"] = json.dumps(trusted)
     settings = Settings()
-    upgrade(settings.db_url)
+    _upgrade(settings.db_url)
     if settings.secret_key is None:
         err.print(
             "[yellow]BANANALINE_SECRET_KEY is not set: callers cannot have their own upstream keys.[/yellow]"
@@ -78,8 +98,8 @@ def serve(
         port=port,
         root_path=root_path,
         workers=max(1, workers),
-        proxy_headers=True,
-        forwarded_allow_ips=forwarded_allow_ips,
+        # The app applies X-Forwarded-* itself, from settings.trusted_proxies (one trust decision).
+        proxy_headers=False,
         access_log=False,
         log_level="warning",
     )

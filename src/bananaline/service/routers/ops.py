@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
+import ipaddress
 import math
 from datetime import UTC, datetime
 from typing import Any
@@ -72,10 +74,45 @@ async def readyz(request: Request) -> JSONResponse:
     operation_id="metrics",
     summary="Prometheus metrics",
     response_class=Response,
-    responses={200: {"content": {"text/plain": {}}}},
+    responses={
+        200: {"content": {"text/plain": {}}},
+        401: {"description": "metrics_token set and not sent"},
+        403: {"description": "no metrics_token and not a loopback peer"},
+    },
 )
 async def metrics(request: Request) -> Response:
-    return Response(get_state(request).metrics.render(), media_type=CONTENT_TYPE)
+    """Per-caller spend is not public: with ``metrics_token`` set, only ``Bearer <metrics_token>``
+    reads it; without one, only loopback peers (after a trusted proxy's ``X-Forwarded-For``)."""
+    state = get_state(request)
+    expected = state.settings.metrics_token.get_secret_value() if state.settings.metrics_token else ""
+    if expected:
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected.encode()):
+            raise ServiceError(
+                401,
+                ErrorKind.UNAUTHORIZED,
+                "/metrics needs Authorization: Bearer <BANANALINE_METRICS_TOKEN>",
+                "/metrics 需要 Authorization: Bearer <BANANALINE_METRICS_TOKEN>",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+    elif not _is_loopback(request.client.host if request.client else None):
+        raise ServiceError(
+            403,
+            ErrorKind.UNAUTHORIZED,
+            "/metrics answers loopback only; set BANANALINE_METRICS_TOKEN to read it from elsewhere",
+            "/metrics 仅对本机开放；如需远程读取请设置 BANANALINE_METRICS_TOKEN",
+        )
+    return Response(state.metrics.render(), media_type=CONTENT_TYPE)
+
+
+def _is_loopback(host: str | None) -> bool:
+    try:
+        address = ipaddress.ip_address(host or "")
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
 
 
 def parse_time(value: str | None, name: str) -> float | None:
