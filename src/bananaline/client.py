@@ -19,7 +19,7 @@ import asyncio
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit
@@ -88,8 +88,12 @@ class ImageClient:
         protocol: WireProtocol | str | None = None,
         base_url: str | None = None,
         on_upstream_done: Callable[[], None] | None = None,
+        known_references: Mapping[str, bytes] | None = None,
     ) -> GenerationResult:
         """Run one generation. Never raises for generation failures; see ``result.error``.
+
+        ``known_references`` maps reference sources to bytes the caller already holds (the
+        service's own stored files): those are not fetched, and still sniffed and checked.
 
         ``on_upstream_done`` is called once the upstream exchange is over (answer read, or given
         up), before the output checks: a scheduler that limits requests in flight upstream can
@@ -98,7 +102,9 @@ class ImageClient:
         started = time.monotonic()
         result = GenerationResult(request=request)
         try:
-            await self._generate_into(result, request, api_key, protocol, base_url, started, on_upstream_done)
+            await self._generate_into(
+                result, request, api_key, protocol, base_url, started, on_upstream_done, known_references
+            )
         except GenerationError as error:
             result.error = error
             if result.text is None and error.kind is ErrorKind.TEXT_RESPONSE:
@@ -116,6 +122,7 @@ class ImageClient:
         base_url: str | None,
         started: float,
         on_upstream_done: Callable[[], None] | None,
+        known_references: Mapping[str, bytes] | None = None,
     ) -> None:
         settings = self.settings
         resolved = catalog.validate(
@@ -135,7 +142,9 @@ class ImageClient:
                 request_sent=False,
             )
         register_secret(key)
-        references = await load_references(request.references, settings=settings, client=self._http)
+        references = await load_references(
+            request.references, settings=settings, client=self._http, known=known_references
+        )
         adapter = get_protocol(WireProtocol(protocol or settings.protocol))
         upstream = (base_url or settings.base_url).rstrip("/")
         call = WireCall(

@@ -19,7 +19,7 @@ import binascii
 import os
 import re
 import stat
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -200,6 +200,10 @@ def _read_local(source: str, label: str, limit: int) -> bytes:
     return bytes(chunks)
 
 
+async def _known(reference_bytes: bytes) -> bytes:
+    return reference_bytes
+
+
 async def _load_raw(
     source: str,
     *,
@@ -292,6 +296,7 @@ async def load_references(
     client: httpx.AsyncClient | None = None,
     resolver: Resolver | None = None,
     allow_paths: bool = True,
+    known: Mapping[str, bytes] | None = None,
 ) -> list[ReferenceImage]:
     """Load every reference, keeping their order. URLs are fetched concurrently through the SSRF guard.
 
@@ -299,7 +304,8 @@ async def load_references(
     from remote callers must not read the server's own files. A failure is raised as
     ``reference_error`` with detail ``not_found``, ``not_an_image``, ``too_large``, ``blocked_address``
     or ``download_failed``: the first to happen (source order breaks ties), and the other downloads
-    are cancelled rather than awaited.
+    are cancelled rather than awaited. ``known``: bytes the caller already holds for some sources
+    (not fetched; checked like any other).
     """
     if not sources:
         return []
@@ -308,7 +314,9 @@ async def load_references(
     http = httpx.AsyncClient(follow_redirects=False, trust_env=False) if own_client else client
     tasks = [
         asyncio.create_task(
-            _load_raw(text, settings=settings, client=http, resolver=resolver, allow_paths=allow_paths)
+            _known(known[text])
+            if known and text in known
+            else _load_raw(text, settings=settings, client=http, resolver=resolver, allow_paths=allow_paths)
         )
         for text in texts
     ]

@@ -11,7 +11,6 @@ before anything is sent upstream; ``run`` does the upstream work and may outlive
 from __future__ import annotations
 
 import asyncio
-import base64
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -140,17 +139,18 @@ class GenerationService:
         principal = admission.principal
         gate = admission.gate
         key = principal.upstream_key or self.settings.api_key
-        request = await self._inline_own_files(admission.request, files_base_url)
+        request = admission.request
+        own_files = await self._own_files(request, files_base_url)
         if gate is not None:
             async with gate.slot():
-                result = await self.client.generate(request, api_key=key)
+                result = await self.client.generate(request, api_key=key, known_references=own_files)
             if result.error is not None and result.error.kind is ErrorKind.RATE_LIMITED:
                 gate.on_rate_limited(result.error.retry_after_s)
             elif result.ok:
                 gate.on_success()
         else:
-            result = await self.client.generate(request, api_key=key)
-        result.request = admission.request
+            result = await self.client.generate(request, api_key=key, known_references=own_files)
+        result.request = request
         files: list[FileRecord] = []
         if result.ok and self.store is not None:
             files = await self._store(
@@ -230,28 +230,21 @@ class GenerationService:
             )
         return records
 
-    async def _inline_own_files(self, request: GenerationRequest, files_base_url: str) -> GenerationRequest:
+    async def _own_files(self, request: GenerationRequest, files_base_url: str) -> dict[str, bytes]:
         """References to this service's own ``/files/…`` are read from the store, not fetched over
         the network (which the SSRF guard would rightly refuse for a loopback deployment)."""
         if self.store is None or not request.references:
-            return request
+            return {}
         prefix = files_base_url.rstrip("/") + "/files/"
-        changed = False
-        references = []
+        own: dict[str, bytes] = {}
         for reference in request.references:
-            if reference.startswith(prefix):
+            if reference.startswith(prefix) and reference not in own:
                 key = unquote(reference[len(prefix) :].split("?", 1)[0])
                 try:
-                    data = await self.store.read(key)
+                    own[reference] = await self.store.read(key)
                 except (FileNotFoundError, GenerationError):
-                    data = None
-                if data is not None:
-                    reference = "data:application/octet-stream;base64," + base64.b64encode(data).decode(
-                        "ascii"
-                    )
-                    changed = True
-            references.append(reference)
-        return request.model_copy(update={"references": tuple(references)}) if changed else request
+                    continue
+        return own
 
 
 def files_url(files_base_url: str, key: str) -> str:
