@@ -123,9 +123,10 @@ def test_openapi_imports_cleanly(service, tmp_path):
         "resolution",
         "apikey",
         "model",
+        "wait_s",
     }
     for name, prop in body["properties"].items():
-        assert prop.get("type") in {"string", "array"}, name
+        assert prop.get("type") in {"string", "array", "number"}, name
         assert any("\u4e00" <= ch <= "\u9fff" for ch in prop["description"]), name
         assert any(ch.isascii() and ch.isalpha() for ch in prop["description"]), name
     response = served["components"]["schemas"]["PluginResponse"]

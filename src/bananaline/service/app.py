@@ -17,6 +17,7 @@ from ..admission import CallerGates
 from ..client import ImageClient
 from ..config import Settings
 from ..db import make_engine, upgrade
+from ..errors import register_secret
 from ..logs import get_logger
 from ..storage import ImageStore
 from .auth import KeyCipher
@@ -27,6 +28,8 @@ from .http_errors import install as install_error_handlers
 from .metrics import ServiceMetrics
 from .middleware import RequestContextMiddleware
 from .openapi import install_openapi
+from .plugin_document import PublicDocumentsCORS
+from .plugin_document import router as plugin_document_router
 from .routers import files, gateway_gemini, gateway_openai, ops, plugin
 from .tasks import TaskRegistry
 from .usage import UsageRepository
@@ -40,6 +43,9 @@ The bananaline image service: a workflow plugin node, a Gemini/OpenAI-compatible
 
 def create_app(settings: Settings) -> FastAPI:
     metrics = ServiceMetrics()
+    for secret in (settings.api_key, settings.s3_secret_access_key, settings.oss_access_key_secret):
+        if secret is not None:  # configured: pinned, never evicted by the request-scoped own keys
+            register_secret(secret.get_secret_value(), transient=False)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -78,6 +84,8 @@ def create_app(settings: Settings) -> FastAPI:
     for module in (plugin, gateway_gemini, gateway_openai, files, ops):
         app.include_router(module.router)
     _include_jobs(app)
+    app.include_router(plugin_document_router)
+    _mount_mcp(app, settings)
     install_openapi(app, settings)
     app.add_middleware(
         RequestContextMiddleware,
@@ -86,7 +94,15 @@ def create_app(settings: Settings) -> FastAPI:
         max_unauthenticated_body_bytes=settings.max_unauthenticated_body_bytes,
         trusted_proxies=settings.trusted_proxies,
     )
+    app.add_middleware(PublicDocumentsCORS)  # Coze Studio fetches the documents from the browser
     return app
+
+
+def _mount_mcp(app: FastAPI, settings: Settings) -> None:
+    """``/mcp``: the MCP tools over streamable HTTP (imported here: the SDK is slow to import)."""
+    from ..connectors.mcp import mount_mcp
+
+    mount_mcp(app, settings)
 
 
 def _include_jobs(app: FastAPI) -> None:

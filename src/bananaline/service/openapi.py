@@ -17,29 +17,61 @@ from fastapi.openapi.utils import get_openapi
 from ..config import Settings
 
 
-def to_openapi_30(node: Any) -> Any:
+def to_openapi_30(node: Any, components: dict[str, Any] | None = None) -> Any:
+    """Rewrite a JSON-Schema 2020-12 / OpenAPI 3.1 fragment into OpenAPI 3.0.3.
+
+    Nullable is declared the 3.0.3 way: ``nullable`` only ever next to a ``type`` (under the
+    3.0.3 clarification it means nothing without one). ``anyOf: [X, null]`` becomes ``X`` with
+    ``nullable: true``; a nullable reference becomes ``allOf: [ref]`` with the referenced
+    schema's ``type``; several non-null options each become nullable. The null option is found
+    before the children are rewritten, which is what the previous version got wrong.
+    """
+    if components is None and isinstance(node, dict):
+        schemas = node.get("components", {}).get("schemas", {})
+        components = schemas if isinstance(schemas, dict) else {}
+    return _to_30(node, components or {})
+
+
+def _is_null(option: Any) -> bool:
+    return isinstance(option, dict) and option.get("type") == "null"
+
+
+def _referenced_type(ref: str, components: dict[str, Any]) -> str:
+    target = components.get(ref.rsplit("/", 1)[-1], {}) if ref.startswith("#/components/schemas/") else {}
+    kind = target.get("type") if isinstance(target, dict) else None
+    return kind if isinstance(kind, str) else "object"
+
+
+def _nullable(option: dict[str, Any], components: dict[str, Any]) -> dict[str, Any]:
+    """``option`` that also accepts null, declared with a sibling ``type``."""
+    if "$ref" in option:
+        return {"allOf": [option], "type": _referenced_type(option["$ref"], components), "nullable": True}
+    if "type" not in option:
+        return option  # no type: it already accepts null
+    return {**option, "nullable": True}
+
+
+def _to_30(node: Any, components: dict[str, Any]) -> Any:
     if isinstance(node, list):
-        return [to_openapi_30(item) for item in node]
+        return [_to_30(item, components) for item in node]
     if not isinstance(node, dict):
         return node
-    node = {key: to_openapi_30(value) for key, value in node.items()}
+    node = dict(node)
     for combinator in ("anyOf", "oneOf"):
         options = node.get(combinator)
-        if isinstance(options, list) and any(
-            isinstance(o, dict) and o.get("type") == "null" for o in options
-        ):
-            rest = [o for o in options if not (isinstance(o, dict) and o.get("type") == "null")]
-            del node[combinator]
-            if len(rest) == 1 and "$ref" not in rest[0]:
-                node = {**rest[0], **node}
-            elif len(rest) == 1:
-                node["allOf"] = rest
-            elif rest:
-                node[combinator] = rest
-            node["nullable"] = True
+        if not (isinstance(options, list) and any(_is_null(option) for option in options)):
+            continue
+        rest = [option for option in options if not _is_null(option)]
+        del node[combinator]
+        if len(rest) == 1:
+            node = {**_nullable(rest[0], components), **node}
+        elif rest:
+            node[combinator] = [_nullable(option, components) for option in rest]
+        else:
+            node.update({"type": "string", "nullable": True, "enum": [None]})
+    node = {key: _to_30(value, components) for key, value in node.items()}
     if node.get("type") == "null":
-        node.pop("type")
-        node["nullable"] = True
+        node.update({"type": "string", "nullable": True, "enum": [None]})
     if "const" in node and not isinstance(node.get("const"), dict):
         node["enum"] = [node.pop("const")]
     if isinstance(node.get("examples"), list) and "type" in node:

@@ -1,0 +1,1 @@
+"""Doors onto other systems: the MCP server (:mod:`bananaline.connectors.mcp`)."""
