@@ -14,6 +14,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from ..admission import CallerGates
+from ..batch import BatchEngine
+from ..batch.store import JobStore
 from ..client import ImageClient
 from ..config import Settings
 from ..db import make_engine, upgrade
@@ -30,7 +32,7 @@ from .middleware import RequestContextMiddleware
 from .openapi import install_openapi
 from .plugin_document import PublicDocumentsCORS
 from .plugin_document import router as plugin_document_router
-from .routers import files, gateway_gemini, gateway_openai, ops, plugin
+from .routers import files, gateway_gemini, gateway_openai, jobs, ops, plugin
 from .tasks import TaskRegistry
 from .usage import UsageRepository
 
@@ -53,19 +55,18 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.bananaline = state
         await state.tasks.start()
         metrics.track_in_flight("task", lambda: state.tasks.in_flight)
-        metrics.track_in_flight("batch", lambda: len(state.batch_runs or {}))
+        metrics.track_in_flight("batch", lambda: len(state.batch_runs))
         log.info("service_started", db=_safe_db(settings.db_url), store=repr(state.store))
         try:
             yield
         finally:
             await state.tasks.shutdown()
-            runs = list((state.batch_runs or {}).values())
+            runs = list(state.batch_runs.values())
             for run in runs:
                 run.cancel()
             if runs:
                 await asyncio.wait(runs, timeout=10)
-            if state.batches is not None:
-                state.batches.close()
+            state.batches.close()
             await state.client.aclose()
             state.engine.dispose()
             log.info("service_stopped")
@@ -81,9 +82,8 @@ def create_app(settings: Settings) -> FastAPI:
         redoc_url=None,
     )
     install_error_handlers(app)
-    for module in (plugin, gateway_gemini, gateway_openai, files, ops):
+    for module in (plugin, gateway_gemini, gateway_openai, jobs, files, ops):
         app.include_router(module.router)
-    _include_jobs(app)
     app.include_router(plugin_document_router)
     _mount_mcp(app, settings)
     install_openapi(app, settings)
@@ -103,14 +103,6 @@ def _mount_mcp(app: FastAPI, settings: Settings) -> None:
     from ..connectors.mcp import mount_mcp
 
     mount_mcp(app, settings)
-
-
-def _include_jobs(app: FastAPI) -> None:
-    try:
-        from .routers import jobs
-    except ImportError:  # pragma: no cover - the batch engine is optional while it is built
-        return
-    app.include_router(jobs.router)
 
 
 def _build_state(settings: Settings, metrics: ServiceMetrics) -> AppState:
@@ -135,18 +127,9 @@ def _build_state(settings: Settings, metrics: ServiceMetrics) -> AppState:
         client=client,
         store=store,
         generation=GenerationService(settings, client, store, usage, gates, metrics),
-        batch_runs={},
+        batches=BatchEngine(settings, jobs=JobStore(engine=engine), store=store),
     )
-    state.batches = _batch_engine(state)
     return state
-
-
-def _batch_engine(state: AppState):  # type: ignore[no-untyped-def]
-    try:
-        from .jobs_engine import build_batch_engine
-    except ImportError:  # pragma: no cover
-        return None
-    return build_batch_engine(state)
 
 
 def _safe_db(url: str) -> str:

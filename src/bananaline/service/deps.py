@@ -17,19 +17,20 @@ Authentication rules, in one place:
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import Request
+from fastapi import Depends, Request
 from pydantic import SecretStr
 from sqlalchemy import Engine
+from starlette.requests import HTTPConnection
 
 from ..admission import CallerGates
 from ..client import ImageClient
 from ..config import Settings
 from ..errors import ErrorKind
 from ..storage import ImageStore
-from .auth import KeyCipher, Principal, credential_from, is_service_token
+from .auth import Caller, KeyCipher, Principal, credential_from, is_service_token
 from .callers import CallerRepository
 from .generation import GenerationService
 from .http_errors import ServiceError
@@ -55,11 +56,13 @@ class AppState:
     client: ImageClient
     store: ImageStore | None
     generation: GenerationService
-    batches: BatchEngine | None = None
-    batch_runs: dict[str, asyncio.Task[Any]] | None = None
+    batches: BatchEngine
+    #: Batch runs of this process, by batch id (asyncio tasks owned by the app).
+    batch_runs: dict[str, asyncio.Task[Any]] = field(default_factory=dict)
 
 
-def get_state(request: Request) -> AppState:
+def get_state(request: HTTPConnection) -> AppState:
+    """The app's state, built by the lifespan. Routes take it as :data:`StateDep`."""
     return request.app.state.bananaline  # type: ignore[no-any-return]
 
 
@@ -117,10 +120,8 @@ def unauthorized(message: str | None = None) -> ServiceError:
     )
 
 
-async def resolve_principal(
-    request: Request, body_key: str | None = None, *, required: bool = True
-) -> Principal | None:
-    """Who is calling. ``required=False`` returns ``None`` instead of a 401 for no credential."""
+async def optional_principal(request: Request, body_key: str | None = None) -> Principal | None:
+    """Who is calling, or ``None`` when the request carries no credential at all."""
     state = get_state(request)
     credential = credential_from(request)
     if credential and is_service_token(credential):
@@ -133,15 +134,37 @@ async def resolve_principal(
     key = body_key or credential
     if key:
         return Principal(caller=None, upstream_key=SecretStr(key), own_key=True)
-    if required:
-        raise unauthorized()
     return None
+
+
+async def resolve_principal(request: Request, body_key: str | None = None) -> Principal:
+    """Who is calling; a request with no credential at all is a 401."""
+    principal = await optional_principal(request, body_key)
+    if principal is None:
+        raise unauthorized()
+    return principal
+
+
+async def _principal(request: Request) -> Principal:
+    return await resolve_principal(request)
 
 
 async def require_caller(request: Request) -> Principal:
     """A caller with a service token: listings and usage are per caller, never anonymous."""
     principal = await resolve_principal(request)
-    assert principal is not None
     if principal.caller is None:
         raise unauthorized("this endpoint needs a service token (Authorization: Bearer bl_…)")
     return principal
+
+
+async def current_caller(request: Request) -> Caller:
+    """The caller behind a service token (what listings, usage and the jobs API are about)."""
+    principal = await require_caller(request)
+    assert principal.caller is not None  # require_caller refused every other principal
+    return principal.caller
+
+
+#: Dependencies as types (FastAPI's ``Annotated`` style): handlers never fetch state by hand.
+StateDep = Annotated[AppState, Depends(get_state)]
+PrincipalDep = Annotated[Principal, Depends(_principal)]
+CallerDep = Annotated[Caller, Depends(current_caller)]

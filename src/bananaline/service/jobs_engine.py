@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from ..admission import CallerGate, estimate_usd
 from ..batch import BatchEngine, CallerKey, KeyRing
 from ..batch.runner import JobAccounting
-from ..batch.store import ClaimedJob, JobOutcome, JobStore
+from ..batch.store import ClaimedJob, JobOutcome
 from ..logs import get_logger
 from .auth import Caller
 from .usage import UsageRecord
@@ -26,12 +26,6 @@ if TYPE_CHECKING:
     from .deps import AppState
 
 log = get_logger("bananaline.service.jobs")
-
-
-def build_batch_engine(state: AppState) -> BatchEngine:
-    """The shared engine for reads (list, status, export, retry, cancel), on the app's one
-    database engine (migrated once at start-up)."""
-    return BatchEngine(state.settings, jobs=JobStore(engine=state.engine), store=state.store)
 
 
 def _keyring(state: AppState, caller: Caller) -> KeyRing:
@@ -49,7 +43,6 @@ def _plan_price_usd(plan: dict[str, object]) -> float:
 def pending_estimate_usd(state: AppState, batch_id: str) -> float:
     """What the jobs still to run would cost: one per image, from their stored plans (the column
     mapping, defaults and ``n`` already applied), priced by the one admission rule."""
-    assert state.batches is not None
     return sum(_plan_price_usd(plan) for plan in state.batches.jobs.pending_plans(batch_id))
 
 
@@ -104,11 +97,10 @@ async def check_budget(state: AppState, caller: Caller, batch_id: str) -> None:
 
 def start_run(state: AppState, caller: Caller, batch_id: str, *, files_base_url: str) -> bool:
     """Start running the batch unless it already runs in this process. Returns whether it started."""
-    runs = state.batch_runs if state.batch_runs is not None else {}
+    runs = state.batch_runs
     current = runs.get(batch_id)
     if current is not None and not current.done():
         return False
-    assert state.batches is not None
     engine = BatchEngine(
         state.settings,
         jobs=state.batches.jobs,

@@ -9,15 +9,15 @@ holds prompts), and a key can never leave the store's root (``..``, absolute pat
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse
 from pydantic import BaseModel
 
-from ..auth import Principal
-from ..deps import get_state, require_caller
+from ..deps import CallerDep, StateDep
 from ..http_errors import not_found
 
 router = APIRouter(tags=["files"])
@@ -59,8 +59,7 @@ def safe_path(root: Path, key: str) -> Path | None:
         404: {"description": "not found"},
     },
 )
-async def get_file(key: str, request: Request) -> FileResponse:
-    state = get_state(request)
+async def get_file(key: str, state: StateDep) -> FileResponse:
     root = state.store.local_root if state.store is not None else None
     path = safe_path(root, key) if root is not None else None
     if path is None:
@@ -99,14 +98,10 @@ class FileList(BaseModel):
     responses={401: {"description": "service token required"}},
 )
 async def list_files(
-    request: Request,
+    state: StateDep,
+    caller: CallerDep,
     limit: int = Query(100, ge=1, le=1000),
     offset: int = Query(0, ge=0, le=10_000_000),
-    principal: Principal = Depends(require_caller),
 ) -> dict[str, Any]:
-    import asyncio
-
-    state = get_state(request)
-    assert principal.owner is not None
-    files = await asyncio.to_thread(state.usage.files, principal.owner, limit=limit, offset=offset)
+    files = await asyncio.to_thread(state.usage.files, caller.id, limit=limit, offset=offset)
     return {"files": files, "limit": limit, "offset": offset}

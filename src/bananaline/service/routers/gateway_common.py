@@ -54,7 +54,6 @@ async def generate(
     """Run one generation for a gateway call; a failed one raises as the protocol's error."""
     state = get_state(request)
     principal = await resolve_principal(request)
-    assert principal is not None
     admission = await state.generation.admit(principal, generation_request)
     result = await state.generation.run(admission, source=source, files_base_url=files_base_url(request))
     if result.error is not None:

@@ -9,14 +9,13 @@ import math
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy import text
 
 from ...errors import ErrorKind, GenerationError
-from ..auth import Principal
-from ..deps import get_state, require_caller
+from ..deps import CallerDep, StateDep
 from ..http_errors import ServiceError
 from ..metrics import CONTENT_TYPE
 
@@ -45,8 +44,7 @@ async def healthz() -> dict[str, str]:
     response_model=Readiness,
     responses={503: {"model": Readiness, "description": "not ready"}},
 )
-async def readyz(request: Request) -> JSONResponse:
-    state = get_state(request)
+async def readyz(state: StateDep) -> JSONResponse:
     database, store = "ok", "ok"
 
     def ping() -> None:
@@ -80,10 +78,9 @@ async def readyz(request: Request) -> JSONResponse:
         403: {"description": "no metrics_token and not a loopback peer"},
     },
 )
-async def metrics(request: Request) -> Response:
+async def metrics(request: Request, state: StateDep) -> Response:
     """Per-caller spend is not public: with ``metrics_token`` set, only ``Bearer <metrics_token>``
     reads it; without one, only loopback peers (after a trusted proxy's ``X-Forwarded-For``)."""
-    state = get_state(request)
     expected = state.settings.metrics_token.get_secret_value() if state.settings.metrics_token else ""
     if expected:
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
@@ -170,13 +167,11 @@ class UsageSummary(BaseModel):
     responses={401: {"description": "service token required"}, 422: {"description": "bad time range"}},
 )
 async def usage(
-    request: Request,
+    state: StateDep,
+    caller: CallerDep,
     since: str | None = Query(None, max_length=40, description="epoch seconds or ISO 8601"),
     until: str | None = Query(None, max_length=40, description="epoch seconds or ISO 8601"),
-    principal: Principal = Depends(require_caller),
 ) -> dict[str, Any]:
-    state = get_state(request)
-    assert principal.caller is not None
     since_s, until_s = parse_time(since, "since"), parse_time(until, "until")
-    summary = await asyncio.to_thread(state.usage.summary, principal.caller.id, since=since_s, until=until_s)
-    return {"caller": principal.caller.name, "budget_usd": principal.caller.budget_usd, **summary}
+    summary = await asyncio.to_thread(state.usage.summary, caller.id, since=since_s, until=until_s)
+    return {"caller": caller.name, "budget_usd": caller.budget_usd, **summary}

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ...errors import ErrorKind, GenerationError
 from ...types import GenerationRequest, GenerationResult
 from ..auth import Principal
-from ..deps import AppState, files_base_url, get_state, resolve_principal
+from ..deps import AppState, StateDep, files_base_url, optional_principal, resolve_principal
 from ..generation import summary_of
 from ..http_errors import CLIENT_ERROR_KINDS, ServiceError, not_found, status_for_kind
 
@@ -394,10 +394,10 @@ _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     response_model=PluginResponse,
     responses=_ERROR_RESPONSES,
 )
-async def generate_image(body: PluginRequest, request: Request, response: Response) -> PluginResponse:
-    state = get_state(request)
+async def generate_image(
+    body: PluginRequest, request: Request, response: Response, state: StateDep
+) -> PluginResponse:
     principal = await resolve_principal(request, body.apikey or None)
-    assert principal is not None
     generation_request = build_request(
         state.settings.model,
         prompt=body.cleantext,
@@ -431,12 +431,12 @@ async def generate_image(body: PluginRequest, request: Request, response: Respon
 )
 async def get_task(
     request: Request,
+    state: StateDep,
     task_id: str = Path(
         description="generate_image 返回的 task_id。The task_id that generate_image returned.",
     ),
 ) -> PluginResponse:
-    state = get_state(request)
     # Who is calling first: an unknown bl_ token is a 401 for every id, existing or not.
-    principal = await resolve_principal(request, required=False)
+    principal = await optional_principal(request)
     record = await find_task(state, task_id, principal)
     return PluginResponse.from_task(record)
