@@ -15,7 +15,7 @@ from openai import OpenAI
 from bananaline import catalog
 from bananaline.simulator import key_id
 
-from .test_jobs import wait_complete
+from .test_batches_api import wait_complete
 
 PRO_1K = float(catalog.MODELS["gemini-3-pro-image-preview"].price_for("1K"))
 PRO_4K = float(catalog.MODELS["gemini-3-pro-image-preview"].price_for("4K"))
@@ -74,14 +74,14 @@ def test_jobs_budget_estimate_uses_the_plan_mapping_defaults_n_and_4k(service, s
     columns = {"prompt": "提示词", "model": "模型", "size": "尺寸", "n": "张数"}
     with service.client(token) as http:
         mapped = http.post(
-            "/v1/jobs",
+            "/v1/batches",
             json={
                 "rows": [{"提示词": "四张香蕉", "模型": "gemini-3-pro-image", "尺寸": "4k", "张数": 4}],
                 "columns": columns,
             },
         )
         defaulted = http.post(
-            "/v1/jobs",
+            "/v1/batches",
             json={
                 "rows": [{"prompt": f"default {i}"} for i in range(3)],
                 "columns": {"default_model": "models/gemini-3-pro-image-preview", "default_size": "4K"},
@@ -117,7 +117,7 @@ def test_racing_requests_and_jobs_never_overspend_and_every_call_is_charged(serv
     def job() -> int:
         with service.client(token) as http:
             rows = [{"prompt": f"{prompt} job {i}", "model": "gemini-3-pro-image-preview"} for i in range(6)]
-            response = http.post("/v1/jobs", json={"rows": rows})
+            response = http.post("/v1/batches", json={"rows": rows})
             if response.status_code == 202:
                 wait_complete(http, response.json()["batch_id"])
             return response.status_code
@@ -158,7 +158,7 @@ def test_a_callers_concurrency_holds_across_plugin_gateway_and_jobs(service, sim
     def job() -> int:
         with service.client(token) as http:
             response = http.post(
-                "/v1/jobs", json={"rows": [{"prompt": f"{prompt} row {i}"} for i in range(6)]}
+                "/v1/batches", json={"rows": [{"prompt": f"{prompt} row {i}"} for i in range(6)]}
             )
             assert response.status_code == 202, response.text
             done = wait_complete(http, response.json()["batch_id"])
@@ -181,7 +181,7 @@ def test_a_callers_rpm_counts_job_rows_and_requests_together(service, sim):
     upstream = "upstream-rpm-limit-0004"
     token = service.add_caller(upstream_key=upstream, rpm=4, concurrency=8)
     with service.client(token) as http:
-        submitted = http.post("/v1/jobs", json={"rows": [{"prompt": f"paced row {i}"} for i in range(7)]})
+        submitted = http.post("/v1/batches", json={"rows": [{"prompt": f"paced row {i}"} for i in range(7)]})
         assert submitted.status_code == 202, submitted.text
         batch_id = submitted.json()["batch_id"]
         deadline = time.monotonic() + 30
@@ -193,7 +193,7 @@ def test_a_callers_rpm_counts_job_rows_and_requests_together(service, sim):
         refused = _plugin(http, "one more banana")
         assert refused.status_code == 429, refused.text
         assert int(refused.headers["Retry-After"]) >= 1
-        status = http.get(f"/v1/jobs/{batch_id}").json()
+        status = http.get(f"/v1/batches/{batch_id}").json()
         assert status["batch"]["jobs_by_status"].get("queued", 0) == 3
-        http.post(f"/v1/jobs/{batch_id}/cancel")
+        http.post(f"/v1/batches/{batch_id}/cancel")
     assert _stats(sim, upstream)["requests"] == 4

@@ -7,7 +7,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-from .test_jobs import wait_complete
+from .test_batches_api import wait_complete
 
 
 def test_caller_b_cannot_read_anything_of_caller_a(service, sim):
@@ -15,10 +15,10 @@ def test_caller_b_cannot_read_anything_of_caller_a(service, sim):
     with service.client(token_a) as a:
         task = a.post("/v1/plugin/generate", json={"cleantext": "a's private banana"}).json()
         assert task["analysis"] == "图片生成成功"
-        batch_id = a.post("/v1/jobs", json={"rows": [{"prompt": "a's batch banana"}]}).json()["batch_id"]
+        batch_id = a.post("/v1/batches", json={"rows": [{"prompt": "a's batch banana"}]}).json()["batch_id"]
         wait_complete(a, batch_id)
         assert a.get(f"/v1/tasks/{task['task_id']}").status_code == 200
-        assert a.get(f"/v1/jobs/{batch_id}").status_code == 200
+        assert a.get(f"/v1/batches/{batch_id}").status_code == 200
         assert len(a.get("/v1/files").json()["files"]) == 1
         assert a.get("/v1/usage").json()["requests"] == 2
     with service.client(token_b) as b:
@@ -26,18 +26,18 @@ def test_caller_b_cannot_read_anything_of_caller_a(service, sim):
         unknown_task = b.get("/v1/tasks/task_unknownunknownunknown0")
         assert stolen_task.status_code == unknown_task.status_code == 404
         assert stolen_task.json() == unknown_task.json()
-        stolen_batch = b.get(f"/v1/jobs/{batch_id}")
-        unknown_batch = b.get("/v1/jobs/0123456789abcdef01234567")
+        stolen_batch = b.get(f"/v1/batches/{batch_id}")
+        unknown_batch = b.get("/v1/batches/0123456789abcdef01234567")
         assert stolen_batch.status_code == unknown_batch.status_code == 404
         assert stolen_batch.json() == unknown_batch.json()
         for path in (
-            f"/v1/jobs/{batch_id}/export",
-            f"/v1/jobs/{batch_id}/retry",
-            f"/v1/jobs/{batch_id}/cancel",
+            f"/v1/batches/{batch_id}/export",
+            f"/v1/batches/{batch_id}/retry",
+            f"/v1/batches/{batch_id}/cancel",
         ):
             response = b.get(path) if path.endswith("export") else b.post(path)
             assert response.status_code == 404, path
-        assert b.get("/v1/jobs").json()["batches"] == []
+        assert b.get("/v1/batches").json()["batches"] == []
         assert b.get("/v1/files").json()["files"] == []
         usage = b.get("/v1/usage").json()
         assert usage["requests"] == 0 and usage["by_model"] == []

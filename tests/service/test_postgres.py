@@ -24,7 +24,7 @@ from pg_support import fresh_postgres_schema
 
 from .conftest import SECRET_KEY, RunningService, service_settings
 from .helpers import poll_task, upstream_requests
-from .test_jobs import wait_complete
+from .test_batches_api import wait_complete
 
 pytestmark = pytest.mark.postgres
 
@@ -85,7 +85,7 @@ def test_callers_generate_poll_usage_and_isolation_on_postgres(pg_service, pg_sc
         own = a.post("/v1/plugin/generate", json={"cleantext": "paid by my key", "apikey": own_key})
         assert _finished(a, own.json())["status"] == "done"
 
-        batch_id = a.post("/v1/jobs", json={"rows": [{"prompt": "a pg batch banana"}]}).json()["batch_id"]
+        batch_id = a.post("/v1/batches", json={"rows": [{"prompt": "a pg batch banana"}]}).json()["batch_id"]
         assert wait_complete(a, batch_id)["rows"][0]["status"] == "done"
 
         usage = a.get("/v1/usage").json()
@@ -98,8 +98,8 @@ def test_callers_generate_poll_usage_and_isolation_on_postgres(pg_service, pg_sc
         stolen = b.get(f"/v1/tasks/{done['task_id']}")
         unknown = b.get("/v1/tasks/task_unknownunknownunknown0")
         assert stolen.status_code == unknown.status_code == 404 and stolen.json() == unknown.json()
-        assert b.get(f"/v1/jobs/{batch_id}").status_code == 404
-        assert b.get("/v1/jobs").json()["batches"] == []
+        assert b.get(f"/v1/batches/{batch_id}").status_code == 404
+        assert b.get("/v1/batches").json()["batches"] == []
         assert b.get("/v1/files").json()["files"] == []
         assert b.get("/v1/usage").json()["requests"] == 0
 

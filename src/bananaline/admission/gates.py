@@ -1,7 +1,7 @@
 """The one per-caller limiter: requests per minute, generations in flight, budget reservations.
 
 Every door shares one :class:`CallerGates` per process, so a caller's limits hold across the
-plugin, both gateways, the jobs API and batch rows at once (a batch no longer gets limits of its
+plugin, both gateways, the batches API and batch rows at once (a batch no longer gets limits of its
 own). Two ways in, one set of counters:
 
 * a request door (plugin, gateway, MCP) calls :meth:`CallerGate.take_request` when it admits a

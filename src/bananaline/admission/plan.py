@@ -1,6 +1,6 @@
 """A request turned into a validated, priced plan — once, before any money is spent.
 
-Every door (CLI, batch row, plugin, gateways, jobs API, MCP) asks :func:`plan_request`; nothing
+Every door (CLI, batch row, plugin, gateways, batches API, MCP) asks :func:`plan_request`; nothing
 downstream validates the catalog or prices an image again. A plan's price is never 0: a model
 outside the catalog is charged the dearest price of its family (of the whole catalog when even
 the family is unknown), and such an unpriceable model is refused outright for a caller with a

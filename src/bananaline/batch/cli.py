@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table as RichTable
 
+from ..atomicfile import atomic_write
 from ..config import Settings
 from ..types import WireProtocol
 from .columns import ColumnConfig
@@ -23,6 +23,7 @@ from .keys import KeyRing
 from .progress import ProgressBar, ProgressSnapshot
 from .report import BatchSummary, render_html, summary_lines
 from .sheets import format_of, read_table
+from .template import TemplateRejected
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_show_locals=False)
 err_console = Console(stderr=True)
@@ -46,17 +47,18 @@ def _settings(**overrides: Any) -> Settings:
 
 
 def _engine(settings: Settings, keyring: KeyRing | None = None) -> BatchEngine:
-    return BatchEngine(settings, keyring=keyring)
+    from rich.markup import escape
+
+    from ..db.base import DatabaseUrlError
+
+    try:
+        return BatchEngine(settings, keyring=keyring)
+    except DatabaseUrlError as exc:  # e.g. postgresql:// without the postgres extra
+        raise _invalid(escape(str(exc))) from None
 
 
 def _default_out(input_path: Path) -> Path:
     return input_path.with_name(f"{input_path.stem}.out{input_path.suffix}")
-
-
-def _write_atomically(path: Path, payload: bytes) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_bytes(payload)
-    os.replace(temporary, path)
 
 
 def _columns(config: Path | None, col: list[str] | None, template: str | None) -> ColumnConfig:
@@ -130,18 +132,18 @@ def run_command(
             base_dir=input_path.parent.resolve(),
             name=input_path.name,
         )
-    except BatchInputError as exc:
+    except (BatchInputError, TemplateRejected) as exc:
         raise _invalid(str(exc)) from exc
     err_console.print(
         f"batch [bold]{batch_id}[/bold] · {len(table.rows)} rows · db {settings.db_url}", highlight=False
     )
     show_progress = sys.stderr.isatty() if progress is None else progress
     summary = asyncio.run(_run_with_signals(engine, batch_id, settings.concurrency, show_progress))
-    _write_atomically(out_path, engine.export(batch_id, out_format))
+    atomic_write(out_path, engine.export(batch_id, out_format))
     err_console.print(f"wrote {out_path}", highlight=False)
     if report is not None:
         status = engine.status(batch_id, with_previews=True)
-        _write_atomically(report, render_html(summary, status.rows).encode("utf-8"))
+        atomic_write(report, render_html(summary, status.rows).encode("utf-8"))
         err_console.print(f"report {report}", highlight=False)
     engine.close()
     _print_summary(summary)
@@ -203,9 +205,12 @@ def _dry_run(
 ) -> None:
     from .dryrun import dry_run
 
-    report = asyncio.run(
-        dry_run(rows, columns=columns, settings=settings, keyring=keyring, base_dir=base_dir)
-    )
+    try:
+        report = asyncio.run(
+            dry_run(rows, columns=columns, settings=settings, keyring=keyring, base_dir=base_dir)
+        )
+    except (ValueError, TemplateRejected) as exc:  # a template that does not parse, or over a bound
+        raise _invalid(str(exc)) from exc
     table = RichTable(title="estimated cost (no model was called)")
     for name in ("caller", "images", "USD"):
         table.add_column(name)
@@ -290,5 +295,5 @@ def export_command(
         raise _invalid(f"no batch {batch!r}") from exc
     except ValueError as exc:
         raise _invalid(str(exc)) from exc
-    _write_atomically(out, payload)
+    atomic_write(out, payload)
     out_console.print(f"wrote {out}", highlight=False)

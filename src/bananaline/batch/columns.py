@@ -12,7 +12,9 @@ Defaults are the English names ``prompt``, ``refs``, ``caller``, ``model``, ``as
     caller = "调用人"
 
 Cells are hostile: a template is rendered in Jinja2's sandbox with ``StrictUndefined`` so a
-missing column is a clear per-row ``invalid_input`` error, never a silently empty prompt.
+missing column is a clear per-row ``invalid_input`` error, never a silently empty prompt; and
+templates are hostile too: they render in a bounded child process (:mod:`.template`), and one
+that goes over a bound refuses the whole batch (:class:`~.template.TemplateRejected`).
 """
 
 from __future__ import annotations
@@ -24,11 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateError
-from jinja2.sandbox import SandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..errors import ErrorKind, GenerationError
+from .template import BoundedTemplate, TemplateRejected, TemplateRowError
 
 MAX_VARIANTS = 8
 
@@ -134,22 +135,6 @@ def split_merged_prompt(cell: str) -> tuple[str, list[str]]:
     return "\n".join(lines).strip(), refs
 
 
-class TemplateRenderer:
-    """A sandboxed prompt template; the row's columns are variables, and ``row`` holds them all
-    (for names that are not identifiers: ``{{ row["product name"] }}``)."""
-
-    def __init__(self, source: str) -> None:
-        env = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False)
-        try:
-            self._template = env.from_string(source)
-        except TemplateError as exc:
-            raise ValueError(f"the prompt template does not parse: {exc}") from exc
-
-    def render(self, cells: dict[str, str]) -> str:
-        variables = {key: value for key, value in cells.items() if key.isidentifier() and key != "row"}
-        return self._template.render(**variables, row=dict(cells))
-
-
 class RowPlanner:
     """Turns rows into :class:`RowPlan`; one planner per batch (the template is parsed once)."""
 
@@ -165,7 +150,8 @@ class RowPlanner:
         self.default_model = columns.default_model or default_model
         self.base_dir = base_dir
         self.allow_local_refs = allow_local_refs
-        self.renderer = TemplateRenderer(columns.template) if columns.template else None
+        #: ``row`` holds every column (for names that are not identifiers: ``{{ row["product name"] }}``).
+        self.renderer = BoundedTemplate(columns.template) if columns.template else None
 
     def missing_columns(self, header: list[str]) -> list[str]:
         """Mapped columns absent from the sheet; the prompt column matters unless templated."""
@@ -183,11 +169,15 @@ class RowPlanner:
         return self.columns.refs != ("refs",)
 
     def plan(self, cells: dict[str, str]) -> RowPlan:
+        """Raises :class:`TemplateRejected` when the template goes over a bound (the batch is
+        refused); every other problem is the row's :attr:`RowPlan.error`."""
         columns = self.columns
         caller = (cells.get(columns.caller) or "").strip()
         try:
             n = self._variants(cells.get(columns.n))
             prompt, refs = self._prompt_and_refs(cells)
+        except TemplateRejected:
+            raise
         except GenerationError as error:
             return RowPlan(caller=caller, n=1, error=error)
         return RowPlan(
@@ -222,7 +212,7 @@ class RowPlanner:
         if self.renderer is not None:
             try:
                 prompt = self.renderer.render(cells)
-            except TemplateError as exc:
+            except TemplateRowError as exc:
                 raise _invalid(
                     f"the prompt template failed for this row: {exc}",
                     f"提示词模板渲染失败：{exc}",

@@ -45,7 +45,7 @@ class JobAccounting:
     """What a run asks before and after each job: whose limits gate it, whether its budget holds,
     and where its spend goes. This base class is the CLI's: the keys file's limits, no budget.
     The service subclasses it so a batch row is admitted and charged like every other request
-    (``bananaline.service.jobs_engine``)."""
+    (``bananaline.service.batch_runs``)."""
 
     def __init__(self, gates: CallerGates, keyring: KeyRing) -> None:
         self.gates = gates

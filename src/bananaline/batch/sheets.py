@@ -13,10 +13,13 @@ import csv
 import datetime as dt
 import io
 import json
-from collections.abc import Sequence
+import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+
+from .sheet_limits import LOCAL_FILE_LIMITS, UPLOAD_LIMITS, SheetError, SheetLimits, SheetTooLarge
 
 SheetFormat = Literal["csv", "xlsx", "jsonl"]
 FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
@@ -40,16 +43,18 @@ def format_of(path: str | Path) -> SheetFormat:
     raise ValueError(f"unsupported sheet type {suffix or '(none)'!r}: use .csv, .xlsx or .jsonl")
 
 
-def read_table(path: str | Path) -> Table:
-    return read_table_bytes(Path(path).read_bytes(), format_of(path))
+def read_table(path: str | Path, *, limits: SheetLimits = LOCAL_FILE_LIMITS) -> Table:
+    return read_table_bytes(Path(path).read_bytes(), format_of(path), limits=limits)
 
 
-def read_table_bytes(data: bytes, fmt: SheetFormat) -> Table:
+def read_table_bytes(data: bytes, fmt: SheetFormat, *, limits: SheetLimits = UPLOAD_LIMITS) -> Table:
+    """Raises :class:`SheetTooLarge` at the first bound crossed, :class:`SheetError` for bytes
+    that are not a sheet."""
     if fmt == "csv":
-        return _read_csv(decode_text(data))
+        return _read_csv(decode_text(data), limits)
     if fmt == "xlsx":
-        return _read_xlsx(data)
-    return _read_jsonl(decode_text(data))
+        return _read_xlsx(data, limits)
+    return _read_jsonl(decode_text(data), limits)
 
 
 def decode_text(data: bytes) -> str:
@@ -73,55 +78,163 @@ def _unique_header(names: Sequence[Any]) -> list[str]:
     return header
 
 
-def _rows_from_matrix(matrix: list[list[Any]]) -> Table:
-    while matrix and not any(cell_text(c).strip() for c in matrix[-1]):
-        matrix.pop()
-    if not matrix:
-        return Table([], [])
-    header = _unique_header(matrix[0])
-    rows = []
-    for values in matrix[1:]:
-        if not any(cell_text(c).strip() for c in values):
-            continue
-        cells = [cell_text(c) for c in values] + [""] * (len(header) - len(values))
-        rows.append(dict(zip(header, cells, strict=False)))
-    return Table(header, rows)
+class _RowsBuilder:
+    """Rows as they stream in, bounded as they come: the first row is the header, blank rows
+    are skipped, short rows are padded to the header (and the padded size is what is counted),
+    cells past the header are dropped."""
+
+    def __init__(self, limits: SheetLimits) -> None:
+        self.limits = limits
+        self.header: list[str] | None = None
+        self.header_blank = True
+        self.rows: list[dict[str, str]] = []
+
+    def add(self, values: Sequence[Any], where: str) -> None:
+        limits = self.limits
+        if len(values) > limits.max_columns:
+            raise SheetTooLarge(
+                f"{where} has {len(values):,} columns; at most {limits.max_columns:,} are read"
+            )
+        cells = [cell_text(value) for value in values]
+        for position, cell in enumerate(cells, start=1):
+            if len(cell) > limits.max_cell_chars:
+                raise SheetTooLarge(
+                    f"{where}, column {position}: a cell of {len(cell):,} characters; "
+                    f"at most {limits.max_cell_chars:,} are read"
+                )
+        blank = not any(cell.strip() for cell in cells)
+        if self.header is None:
+            self.header = _unique_header(cells)
+            self.header_blank = blank
+            return
+        if blank:
+            return
+        width = len(self.header)
+        _check_size(len(self.rows) + 1, width, limits)
+        padded = cells[:width] + [""] * (width - len(cells))
+        self.rows.append(dict(zip(self.header, padded, strict=True)))
+
+    def table(self) -> Table:
+        if self.header is None or (self.header_blank and not self.rows):
+            return Table([], [])
+        return Table(self.header, self.rows)
 
 
-def _read_csv(text: str) -> Table:
-    first_line = text.split("\n", 1)[0]
+def _check_size(rows: int, width: int, limits: SheetLimits) -> None:
+    """``rows`` data rows of ``width`` columns once padded: within the row and cell bounds?"""
+    if rows > limits.max_rows:
+        raise SheetTooLarge(f"the sheet has more than {limits.max_rows:,} rows")
+    if rows * width > limits.max_cells:
+        raise SheetTooLarge(
+            f"{rows:,} rows x {width} columns is more than the {limits.max_cells:,} cells read"
+        )
+
+
+#: One physical line and its ending (``\r\n``, ``\r`` or ``\n``), as ``open(newline="")`` splits.
+_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+\Z")
+
+
+def _lines(text: str) -> Iterator[str]:
+    """Lines one at a time, without a second copy of the text (``io.StringIO`` holds four bytes
+    per character)."""
+    for match in _LINE.finditer(text):
+        yield match.group()
+
+
+def _read_csv(text: str, limits: SheetLimits) -> Table:
+    end = text.find("\n")
+    first_line = text if end < 0 else text[:end]
     delimiter = "\t" if "\t" in first_line and "," not in first_line else ","
-    return _rows_from_matrix(list(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)))
+    builder = _RowsBuilder(limits)
+    reader = csv.reader(_lines(text), delimiter=delimiter)
+    try:
+        for values in reader:
+            builder.add(values, f"line {reader.line_num}")
+    except csv.Error as exc:
+        if "field larger than field limit" in str(exc):
+            raise SheetTooLarge(
+                f"line {reader.line_num + 1}: a cell of more than {csv.field_size_limit():,} characters"
+            ) from None
+        raise SheetError(f"line {reader.line_num}: {exc}") from None
+    return builder.table()
 
 
-def _read_xlsx(data: bytes) -> Table:
+def _read_xlsx(data: bytes, limits: SheetLimits) -> Table:
     from python_calamine import CalamineWorkbook
 
-    workbook = CalamineWorkbook.from_filelike(io.BytesIO(data))
+    from .xlsx_guard import checked_xlsx
+
+    measured = checked_xlsx(data, limits)
     try:
-        matrix = workbook.get_sheet_by_index(0).to_python(skip_empty_area=False)
-    finally:
-        workbook.close()
-    return _rows_from_matrix([list(row) for row in matrix])
+        workbook = CalamineWorkbook.from_filelike(io.BytesIO(measured))
+        try:
+            matrix = workbook.get_sheet_by_index(0).to_python(skip_empty_area=False)
+        finally:
+            workbook.close()
+    except BaseException as exc:  # calamine panics raise pyo3's PanicException, a BaseException
+        if not isinstance(exc, Exception) and type(exc).__name__ != "PanicException":
+            raise
+        raise SheetError(f"the workbook cannot be read ({type(exc).__name__}: {exc})") from None
+    builder = _RowsBuilder(limits)
+    for number, values in enumerate(matrix, start=1):
+        builder.add(values, f"row {number}")
+    return builder.table()
 
 
-def _read_jsonl(text: str) -> Table:
+def _read_jsonl(text: str, limits: SheetLimits) -> Table:
     header: list[str] = []
+    known: set[str] = set()
     rows: list[dict[str, str]] = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(_jsonl_lines(text), start=1):
         if not line.strip():
             continue
+        if len(line) > limits.max_jsonl_line_chars:
+            raise SheetTooLarge(
+                f"line {number} has {len(line):,} characters; "
+                f"at most {limits.max_jsonl_line_chars:,} are read"
+            )
         try:
             obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"line {number} is not JSON: {exc.msg}") from exc
+        except (json.JSONDecodeError, RecursionError) as exc:
+            reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
+            raise SheetError(f"line {number} is not JSON: {reason}") from None
         if not isinstance(obj, dict):
-            raise ValueError(f"line {number} is not a JSON object")
-        for key in obj:
-            if str(key) not in header:
-                header.append(str(key))
-        rows.append({str(k): cell_text(v) for k, v in obj.items()})
+            raise SheetError(f"line {number} is not a JSON object")
+        if len(obj) > limits.max_columns:
+            raise SheetTooLarge(
+                f"line {number} has {len(obj):,} keys; at most {limits.max_columns:,} are read"
+            )
+        row: dict[str, str] = {}
+        for key, value in obj.items():
+            name = str(key)
+            if name not in known:
+                if len(header) >= limits.max_columns:
+                    raise SheetTooLarge(
+                        f"line {number} brings the sheet to more than {limits.max_columns:,} columns"
+                    )
+                known.add(name)
+                header.append(name)
+            cell = cell_text(value)
+            if len(cell) > limits.max_cell_chars:
+                raise SheetTooLarge(
+                    f"line {number}, key {name[:80]!r}: a cell of {len(cell):,} characters; "
+                    f"at most {limits.max_cell_chars:,} are read"
+                )
+            row[name] = cell
+        _check_size(len(rows) + 1, len(header), limits)
+        rows.append(row)
     return Table(header, [{name: row.get(name, "") for name in header} for row in rows])
+
+
+def _jsonl_lines(text: str) -> Iterator[str]:
+    start = 0
+    while start < len(text):
+        end = text.find("\n", start)
+        if end < 0:
+            yield text[start:]
+            return
+        yield text[start:end]
+        start = end + 1
 
 
 def cell_text(value: Any) -> str:

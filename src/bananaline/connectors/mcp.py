@@ -10,7 +10,7 @@ One set of tools, two transports, and the service's one admission path behind bo
   configured upstream key (``BANANALINE_API_KEY``), references may be local paths or ``file://``
   URLs, and links to a local store are ``file://`` URLs unless ``public_base_url`` is set.
 * ``/mcp`` inside ``bananaline serve`` (streamable HTTP, stateless, so any worker answers): every
-  request needs a service token (``Authorization: Bearer bl_…``), exactly like the jobs API;
+  request needs a service token (``Authorization: Bearer bl_…``), exactly like the batches API;
   references must be http(s) URLs or data URIs.
 
 A tool answer carries the image (as MCP image content; a preview when the original is large), the

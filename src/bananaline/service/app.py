@@ -32,7 +32,7 @@ from .middleware import RequestContextMiddleware
 from .openapi import install_openapi
 from .plugin_document import PublicDocumentsCORS
 from .plugin_document import router as plugin_document_router
-from .routers import files, gateway_gemini, gateway_openai, jobs, ops, plugin
+from .routers import batches, files, gateway_gemini, gateway_openai, ops, plugin
 from .tasks import TaskRegistry
 from .usage import UsageRepository
 
@@ -40,7 +40,7 @@ log = get_logger("bananaline.service")
 
 DESCRIPTION = """bananaline 图片生成服务：工作流插件节点（Coze / Dify / n8n / 飞书）、
 兼容 Gemini 与 OpenAI SDK 的网关、批量任务接口。
-The bananaline image service: a workflow plugin node, a Gemini/OpenAI-compatible gateway and a jobs API."""
+The bananaline image service: a workflow plugin node, a Gemini/OpenAI-compatible gateway and a batches API."""
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -82,7 +82,7 @@ def create_app(settings: Settings) -> FastAPI:
         redoc_url=None,
     )
     install_error_handlers(app)
-    for module in (plugin, gateway_gemini, gateway_openai, jobs, files, ops):
+    for module in (plugin, gateway_gemini, gateway_openai, batches, files, ops):
         app.include_router(module.router)
     app.include_router(plugin_document_router)
     _mount_mcp(app, settings)

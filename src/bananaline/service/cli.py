@@ -73,7 +73,7 @@ def serve(
         ),
     ] = None,
 ) -> None:
-    """Run the HTTP service: plugin endpoint, Gemini/OpenAI gateway, jobs API, /files, /metrics."""
+    """Run the HTTP service: plugin endpoint, Gemini/OpenAI gateway, batches API, /files, /metrics."""
     import uvicorn
 
     # Workers are separate processes that build their settings from the environment.

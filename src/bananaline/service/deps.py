@@ -158,7 +158,7 @@ async def require_caller(request: Request) -> Principal:
 
 
 async def current_caller(request: Request) -> Caller:
-    """The caller behind a service token (what listings, usage and the jobs API are about)."""
+    """The caller behind a service token (what listings, usage and the batches API are about)."""
     principal = await require_caller(request)
     assert principal.caller is not None  # require_caller refused every other principal
     return principal.caller

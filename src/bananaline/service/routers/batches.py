@@ -1,32 +1,53 @@
-"""The jobs API: the batch production line over HTTP, per caller (service token required).
+"""The batches API: the batch production line over HTTP, per caller (service token required).
 
-Submit rows as JSON (``POST /v1/jobs``) or a CSV/XLSX/JSONL upload (``POST /v1/jobs/upload``);
+Submit rows as JSON (``POST /v1/batches``) or a CSV/XLSX/JSONL upload (``POST /v1/batches/upload``);
 the batch starts running at once. List, read status with per-row results, export the sheet with
 result columns (CSV/XLSX/JSONL), retry failed rows, cancel queued ones. Another caller's batch id
 answers 404, exactly like an unknown one.
+
+One name, one meaning: a *batch* is a submitted sheet and a *job* is one of its rows' images (as in
+``bananaline batch``). The first release called these routes ``/v1/jobs``; those paths still
+answer, hidden from the OpenAPI document.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
-from fastapi.responses import JSONResponse, Response
+from fastapi import APIRouter, File, Form, Query, Request, UploadFile
+from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ...batch import BatchInputError, BatchNotFound, ColumnConfig, read_table_bytes
+from ...batch.results import BatchStatus
+from ...batch.sheet_limits import SheetError, SheetLimits, SheetTooLarge
+from ...batch.template import prerendered, render_ahead
 from ...errors import ErrorKind, GenerationError
-from ..auth import Principal
-from ..deps import files_base_url, get_state, require_caller
+from ..auth import Caller
+from ..batch_runs import check_budget, start_run
+from ..deps import CallerDep, StateDep, files_base_url
 from ..http_errors import ServiceError, not_found
-from ..jobs_engine import check_budget, start_run
 
-router = APIRouter(tags=["jobs"])
+router = APIRouter(tags=["batches"])
 
 MAX_ROWS = 20_000
 _XLSX_MAGIC = b"PK\x03\x04"
+_OLD_PREFIX, _PREFIX = "/v1/jobs", "/v1/batches"
+
+
+def _route(method: str, path: str, **options: Any) -> Callable[[Any], Any]:
+    """Register ``/v1/batches{path}`` and its first-release alias ``/v1/jobs{path}`` (hidden)."""
+
+    def register(endpoint: Any) -> Any:
+        router.add_api_route(_PREFIX + path, endpoint, methods=[method], **options)
+        alias = {k: v for k, v in options.items() if k != "operation_id"}
+        router.add_api_route(_OLD_PREFIX + path, endpoint, methods=[method], include_in_schema=False, **alias)
+        return endpoint
+
+    return register
 
 
 class Columns(BaseModel):
@@ -48,7 +69,7 @@ class Columns(BaseModel):
     default_size: str | None = Field(None, max_length=16)
 
 
-class JobSubmission(BaseModel):
+class BatchSubmission(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     rows: list[dict[str, str | int | float | bool | None]] = Field(min_length=1, max_length=MAX_ROWS)
@@ -96,52 +117,56 @@ def _cell(value: Any) -> str:
 
 async def _create_and_start(
     request: Request,
-    principal: Principal,
+    state: StateDep,
+    caller: Caller,
     rows: list[dict[str, str]],
     header: list[str] | None,
     columns: ColumnConfig,
     name: str | None,
-) -> JSONResponse:
-    state = get_state(request)
-    caller = principal.caller
-    assert caller is not None and state.batches is not None
+) -> Submitted:
+    """Both doors (JSON rows, upload) end here: one row limit, one bounded template render (on the
+    renderers' own threads, never the event loop or the shared pool; over a bound it is a 422),
+    one create, one budget check, one start."""
     if not rows:
         raise _invalid("the sheet has no rows")
     if len(rows) > MAX_ROWS:
         raise _invalid(f"at most {MAX_ROWS} rows per batch")
+    ahead = None
+    if columns.template:
+        try:
+            ahead = await render_ahead(columns.template, rows)
+        except ValueError as exc:
+            raise _invalid(str(exc)) from None
     try:
-        batch_id = await asyncio.to_thread(
-            state.batches.create_batch,
-            rows,
-            columns=columns,
-            owner=caller.id,
-            name=name,
-            header=header,
-            allow_local_refs=False,
-        )
+        with prerendered(ahead):
+            batch_id = await asyncio.to_thread(
+                state.batches.create_batch,
+                rows,
+                columns=columns,
+                owner=caller.id,
+                name=name,
+                header=header,
+                allow_local_refs=False,
+            )
     except BatchInputError as exc:
         raise _invalid(str(exc)) from None
-    started = await _start(request, principal, batch_id)
+    started = await _start(request, state, caller, batch_id)
     info = await asyncio.to_thread(state.batches.status, batch_id, owner=caller.id)
-    return JSONResponse(
-        {"batch_id": batch_id, "started": started, "batch": info.info.to_dict()}, status_code=202
-    )
+    return Submitted(batch_id=batch_id, started=started, batch=info.info.to_dict())
 
 
-async def _start(request: Request, principal: Principal, batch_id: str) -> bool:
+async def _start(request: Request, state: StateDep, caller: Caller, batch_id: str) -> bool:
     """Budget check (402 before any upstream call), then run in the background."""
-    state = get_state(request)
-    caller = principal.caller
-    assert caller is not None
     if caller.upstream_key is None and state.settings.api_key is None:
         raise GenerationError(ErrorKind.NO_API_KEY, request_sent=False)
     await check_budget(state, caller, batch_id)
     return start_run(state, caller, batch_id, files_base_url=files_base_url(request))
 
 
-@router.post(
-    "/v1/jobs",
-    operation_id="submit_job_rows",
+@_route(
+    "POST",
+    "",
+    operation_id="submit_batch_rows",
     summary="提交批量任务（JSON 行） / Submit a batch as JSON rows",
     status_code=202,
     response_model=Submitted,
@@ -152,10 +177,12 @@ async def _start(request: Request, principal: Principal, batch_id: str) -> bool:
     },
 )
 async def submit_rows(
-    body: JobSubmission, request: Request, principal: Principal = Depends(require_caller)
-) -> JSONResponse:
+    body: BatchSubmission, request: Request, state: StateDep, caller: CallerDep
+) -> Submitted:
     rows = [{str(k): _cell(v) for k, v in row.items()} for row in body.rows]
-    return await _create_and_start(request, principal, rows, None, _column_config(body.columns), body.name)
+    return await _create_and_start(
+        request, state, caller, rows, None, _column_config(body.columns), body.name
+    )
 
 
 def _sniff_format(filename: str, data: bytes) -> Literal["csv", "xlsx", "jsonl"]:
@@ -167,9 +194,10 @@ def _sniff_format(filename: str, data: bytes) -> Literal["csv", "xlsx", "jsonl"]
     return "csv"
 
 
-@router.post(
-    "/v1/jobs/upload",
-    operation_id="submit_job_file",
+@_route(
+    "POST",
+    "/upload",
+    operation_id="submit_batch_file",
     summary="提交批量任务（上传 CSV/XLSX） / Submit a batch as a CSV/XLSX/JSONL upload",
     status_code=202,
     response_model=Submitted,
@@ -181,13 +209,14 @@ def _sniff_format(filename: str, data: bytes) -> Literal["csv", "xlsx", "jsonl"]
 )
 async def submit_file(
     request: Request,
+    state: StateDep,
+    caller: CallerDep,
     file: UploadFile = File(..., description="CSV (UTF-8/GB18030), XLSX or JSONL"),
     name: str | None = Form(None, max_length=200),
     columns: str | None = Form(
         None, max_length=10_000, description="JSON object mapping roles to column names"
     ),
-    principal: Principal = Depends(require_caller),
-) -> JSONResponse:
+) -> Submitted:
     data = await file.read()
     if not data:
         raise _invalid("the uploaded file is empty")
@@ -195,7 +224,13 @@ async def submit_file(
     if fmt != "xlsx" and b"\x00" in data[:4096] and not data.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise _invalid("the upload is not a CSV, XLSX or JSONL sheet")
     try:
-        table = await asyncio.to_thread(read_table_bytes, data, fmt)
+        table = await asyncio.to_thread(read_table_bytes, data, fmt, limits=SheetLimits(max_rows=MAX_ROWS))
+    except SheetTooLarge as exc:
+        raise ServiceError(
+            413, ErrorKind.PAYLOAD_TOO_LARGE, f"the sheet is too large: {exc}", f"表格过大：{exc}"
+        ) from None
+    except SheetError as exc:
+        raise _invalid(f"the upload is not a readable {fmt.upper()} sheet: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - any parser failure is the upload's fault
         raise _invalid(f"the upload is not a readable {fmt.upper()} sheet ({type(exc).__name__})") from None
     mapping: Columns | None = None
@@ -204,51 +239,46 @@ async def submit_file(
             mapping = Columns.model_validate(json.loads(columns))
         except (ValueError, ValidationError):
             raise _invalid('columns must be a JSON object such as {"prompt": "提示词"}') from None
-    rows = [{k: v for k, v in row.items()} for row in table.rows]
+    rows = [dict(row) for row in table.rows]
     return await _create_and_start(
-        request, principal, rows, table.header, _column_config(mapping), name or file.filename
+        request, state, caller, rows, table.header, _column_config(mapping), name or file.filename
     )
 
 
-@router.get(
-    "/v1/jobs", operation_id="list_jobs", summary="我的批量任务 / List my batches", response_model=BatchList
+@_route(
+    "GET", "", operation_id="list_batches", summary="我的批量任务 / List my batches", response_model=BatchList
 )
-async def list_jobs(request: Request, principal: Principal = Depends(require_caller)) -> dict[str, Any]:
-    state = get_state(request)
-    assert state.batches is not None
-    infos = await asyncio.to_thread(state.batches.list_batches, owner=principal.owner)
-    return {"batches": [info.to_dict() for info in infos]}
+async def list_batches(state: StateDep, caller: CallerDep) -> BatchList:
+    infos = await asyncio.to_thread(state.batches.list_batches, owner=caller.id)
+    return BatchList(batches=[info.to_dict() for info in infos])
 
 
-async def _status(request: Request, batch_id: str, owner: str | None, *, previews: bool = False) -> Any:
-    state = get_state(request)
-    assert state.batches is not None
+async def _status(state: StateDep, batch_id: str, owner: str) -> BatchStatus:
     try:
-        status = await asyncio.to_thread(state.batches.status, batch_id, owner=owner, with_previews=previews)
+        status = await asyncio.to_thread(state.batches.status, batch_id, owner=owner)
     except BatchNotFound:
         raise not_found("batch") from None
-    if owner is None or status.info.owner != owner:
+    if status.info.owner != owner:
         raise not_found("batch")
     return status
 
 
-@router.get(
-    "/v1/jobs/{batch_id}",
-    operation_id="get_job",
+@_route(
+    "GET",
+    "/{batch_id}",
+    operation_id="get_batch",
     summary="批量任务状态与逐行结果 / Batch status with per-row results",
     responses={404: {"description": "unknown batch, or another caller's"}},
 )
-async def get_job(
-    batch_id: str, request: Request, principal: Principal = Depends(require_caller)
-) -> dict[str, Any]:
-    status = await _status(request, batch_id, principal.owner)
-    runs = get_state(request).batch_runs or {}
-    return {**status.to_dict(), "running_here": batch_id in runs}
+async def get_batch(batch_id: str, state: StateDep, caller: CallerDep) -> dict[str, Any]:
+    status = await _status(state, batch_id, caller.id)
+    return {**status.to_dict(), "running_here": batch_id in state.batch_runs}
 
 
-@router.get(
-    "/v1/jobs/{batch_id}/export",
-    operation_id="export_job",
+@_route(
+    "GET",
+    "/{batch_id}/export",
+    operation_id="export_batch",
     summary="导出结果表 / Export the sheet with result columns",
     response_class=Response,
     responses={
@@ -260,16 +290,14 @@ async def get_job(
         }
     },
 )
-async def export_job(
+async def export_batch(
     batch_id: str,
-    request: Request,
+    state: StateDep,
+    caller: CallerDep,
     format: Literal["csv", "xlsx", "jsonl"] = Query("csv"),
-    principal: Principal = Depends(require_caller),
 ) -> Response:
-    state = get_state(request)
-    assert state.batches is not None
     try:
-        payload = await asyncio.to_thread(state.batches.export, batch_id, format, owner=principal.owner)
+        payload = await asyncio.to_thread(state.batches.export, batch_id, format, owner=caller.id)
     except BatchNotFound:
         raise not_found("batch") from None
     media = {
@@ -281,36 +309,30 @@ async def export_job(
     return Response(payload, media_type=media, headers=headers)
 
 
-@router.post(
-    "/v1/jobs/{batch_id}/retry",
-    operation_id="retry_job",
+@_route(
+    "POST",
+    "/{batch_id}/retry",
+    operation_id="retry_batch",
     summary="重试失败行 / Retry failed rows",
     response_model=Changed,
     responses={404: {"description": "unknown batch, or another caller's"}, 402: {"description": "budget"}},
 )
-async def retry_job(
-    batch_id: str, request: Request, principal: Principal = Depends(require_caller)
-) -> dict[str, Any]:
-    state = get_state(request)
-    assert state.batches is not None
-    await _status(request, batch_id, principal.owner)
-    changed = await asyncio.to_thread(state.batches.retry_failed, batch_id, owner=principal.owner)
-    started = await _start(request, principal, batch_id) if changed else False
-    return {"batch_id": batch_id, "changed": changed, "started": started}
+async def retry_batch(batch_id: str, request: Request, state: StateDep, caller: CallerDep) -> Changed:
+    await _status(state, batch_id, caller.id)
+    changed = await asyncio.to_thread(state.batches.retry_failed, batch_id, owner=caller.id)
+    started = await _start(request, state, caller, batch_id) if changed else False
+    return Changed(batch_id=batch_id, changed=changed, started=started)
 
 
-@router.post(
-    "/v1/jobs/{batch_id}/cancel",
-    operation_id="cancel_job",
+@_route(
+    "POST",
+    "/{batch_id}/cancel",
+    operation_id="cancel_batch",
     summary="取消排队中的行 / Cancel queued rows",
     response_model=Changed,
     responses={404: {"description": "unknown batch, or another caller's"}},
 )
-async def cancel_job(
-    batch_id: str, request: Request, principal: Principal = Depends(require_caller)
-) -> dict[str, Any]:
-    state = get_state(request)
-    assert state.batches is not None
-    await _status(request, batch_id, principal.owner)
-    changed = await asyncio.to_thread(state.batches.cancel, batch_id, owner=principal.owner)
-    return {"batch_id": batch_id, "changed": changed}
+async def cancel_batch(batch_id: str, state: StateDep, caller: CallerDep) -> Changed:
+    await _status(state, batch_id, caller.id)
+    changed = await asyncio.to_thread(state.batches.cancel, batch_id, owner=caller.id)
+    return Changed(batch_id=batch_id, changed=changed)
