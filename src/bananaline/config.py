@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import (
@@ -101,6 +101,13 @@ class Settings(BaseSettings):
 
     # batch / service
     db_url: str = "sqlite:///bananaline.db"
+    #: Where per-caller limits live. ``auto``: in the database when it is shared (PostgreSQL), so
+    #: every process and machine on it enforces one concurrency, rpm, slow-down and budget per
+    #: caller; in this process for SQLite (one machine, zero setup). ``database`` / ``process``
+    #: force either.
+    limits_scope: Literal["auto", "database", "process"] = "auto"
+    #: Lease of a shared slot or reservation: a process killed with SIGKILL frees them after this.
+    limits_lease_s: float = Field(60.0, gt=1.0)
     concurrency: int = Field(8, ge=1)
     secret_key: SecretStr | None = None
     #: The service's own public address behind a proxy: absolute links and the OpenAPI ``servers``.
@@ -141,6 +148,13 @@ class Settings(BaseSettings):
         if self.timeout_s is not None:
             return self.timeout_s
         return self.timeout_by_size_s.get(image_size or "1K", self.timeout_by_size_s.get("1K", 360.0))
+
+    @property
+    def shares_limits(self) -> bool:
+        """Whether caller limits are kept in the database (see ``limits_scope``)."""
+        if self.limits_scope != "auto":
+            return self.limits_scope == "database"
+        return not self.db_url.startswith("sqlite")
 
     def with_overrides(self, **overrides: Any) -> Settings:
         """A copy with the non-``None`` overrides applied (CLI flags)."""

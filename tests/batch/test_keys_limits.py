@@ -46,10 +46,10 @@ def test_bad_keys_file_is_rejected(tmp_path):
         KeyRing.from_toml(path)
 
 
-def test_rpm_is_a_moving_window_shared_by_both_ways_in():
+async def test_rpm_is_a_moving_window_shared_by_both_ways_in():
     gates = CallerGates()
     gate = gates.get("a", CallerLimits(concurrency=10, rpm=3))
-    gate.take_request()  # a request door (plugin, gateway)
+    await gate.take_request()  # a request door (plugin, gateway)
     gate.acquire()  # a batch row
     gate.release()
     assert gate.ready_in_s() == 0
@@ -57,7 +57,7 @@ def test_rpm_is_a_moving_window_shared_by_both_ways_in():
     gate.release()
     assert 50 < gate.ready_in_s() <= 60  # three starts in this minute: the next waits for the window
     with pytest.raises(GenerationError) as refused:
-        gate.take_request()
+        await gate.take_request()
     assert refused.value.kind is ErrorKind.RATE_LIMITED and refused.value.retry_after_s >= 50
     assert gates.get("b", CallerLimits(rpm=3)).ready_in_s() == 0  # per caller
 
@@ -88,12 +88,12 @@ def test_caller_limiter_halves_on_429_pauses_and_recovers():
     assert limiter.slots == 8
 
 
-def test_budget_reservations_hold_until_released():
+async def test_budget_reservations_hold_until_released():
     gate = CallerGates().get("a", CallerLimits(budget_usd=1.0))
-    assert gate.reserve(0.5, 0.24) == 0.24
-    assert gate.reserve(0.5, 0.24) == 0.24
+    first = await gate.reserve(0.5, 0.24)
+    assert (await gate.reserve(0.5, 0.24)).amount_usd == 0.24
     with pytest.raises(GenerationError) as refused:
-        gate.reserve(0.5, 0.24)  # 0.5 spent + 0.48 reserved: no room for a third
+        await gate.reserve(0.5, 0.24)  # 0.5 spent + 0.48 reserved: no room for a third
     assert refused.value.kind is ErrorKind.BUDGET_EXCEEDED
-    gate.release_reservation(0.24)
-    assert gate.reserve(0.5, 0.24) == 0.24
+    await gate.release_reservation(first)
+    assert (await gate.reserve(0.5, 0.24)).amount_usd == 0.24

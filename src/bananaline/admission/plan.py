@@ -79,9 +79,7 @@ def plan_request(
 def estimate_usd(model: str, image_size: str | None, n: int = 1) -> float:
     """The price of ``n`` images of a stored (already planned) row: the same rule as a plan."""
     name = catalog.canonical_name(model)
-    resolved = catalog.ResolvedParams(
-        name, None, catalog.normalize_size(image_size), catalog.get_model(name)
-    )
+    resolved = catalog.ResolvedParams(name, None, catalog.normalize_size(image_size), catalog.get_model(name))
     return float(resolved.price_usd * max(1, n))
 
 

@@ -21,7 +21,9 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from ..admission import CallerGates
+from sqlalchemy.exc import IntegrityError
+
+from ..admission import CallerGates, GateLedger, Shared
 from ..config import Settings
 from ..instances import LIVE_INSTANCES
 from .columns import ColumnConfig, RowPlanner
@@ -151,14 +153,20 @@ class BatchEngine:
                     plan_error=plan.error.to_dict() if plan.error is not None else None,
                 )
             )
-        self.jobs.create_batch(
-            batch_id,
-            name=name,
-            owner=owner,
-            header=header,
-            columns_json=columns.canonical_json(),
-            rows=new_rows,
-        )
+        try:
+            self.jobs.create_batch(
+                batch_id,
+                name=name,
+                owner=owner,
+                header=header,
+                columns_json=columns.canonical_json(),
+                rows=new_rows,
+            )
+        except IntegrityError:
+            # Another process (a second worker given the same sheet) created it first: same content,
+            # same id, same rows, so joining it is exactly what a second run would do.
+            if self.jobs.get_batch(batch_id) is None:
+                raise
         return batch_id
 
     def _batch(self, batch_id: str, owner: str | None):  # type: ignore[no-untyped-def]
@@ -222,6 +230,8 @@ class BatchEngine:
         cancel the task to also give in-flight jobs back to the queue."""
         self._batch(batch_id, None)
         ceiling = concurrency or self.settings.concurrency
+        run_token = new_run_token()
+        LIVE_INSTANCES.add(run_token)
         loop = asyncio.get_running_loop()
         sqlite = self.jobs.engine.dialect.name == "sqlite"
         executor = ThreadPoolExecutor(1 if sqlite else 4, thread_name_prefix="bananaline-db")
@@ -229,10 +239,8 @@ class BatchEngine:
         def db(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
             return loop.run_in_executor(executor, partial(fn, *args, **kwargs))
 
-        run_token = new_run_token()
-        LIVE_INSTANCES.add(run_token)
         accounting = self.accounting or JobAccounting(
-            CallerGates(default_concurrency=ceiling), self.keyring
+            CallerGates(default_concurrency=ceiling, shared=self._shared(run_token)), self.keyring
         )
         try:
             await db(self.jobs.recover, batch_id)
@@ -265,8 +273,15 @@ class BatchEngine:
             )
             return summary
         finally:
+            await accounting.gates.release_all()
             LIVE_INSTANCES.discard(run_token)
             executor.shutdown(wait=True)
+
+    def _shared(self, holder: str) -> Shared | None:
+        """Caller limits in the job store's database when processes share it (``limits_scope``)."""
+        if not self.settings.shares_limits:
+            return None
+        return Shared(GateLedger(self.jobs.engine), holder=holder, lease_s=self.settings.limits_lease_s)
 
     @contextlib.asynccontextmanager
     async def _resources(self) -> AsyncIterator[tuple[ImageClient, ImageStore, list[Callable[..., None]]]]:
@@ -289,4 +304,3 @@ class BatchEngine:
 
         async with ImageClient(self.settings, on_event=on_event) as client:
             yield client, store, hook_slot
-

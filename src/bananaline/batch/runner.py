@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from ..admission import CallerGate, CallerGates, CallerLimits
+from ..admission import CallerGate, CallerGates, CallerLimits, Reservation
 from ..delivery import store_result
 from ..errors import ErrorKind, GenerationError
 from ..logs import get_logger
@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 
 log = get_logger("bananaline.batch")
 DbCall = Callable[..., Awaitable[Any]]
+#: How often a run waiting on a shared (cross-process) gate looks at the ledger again.
+SHARED_POLL_S = 0.25
 #: The caller whose job the current task runs: lets the client's retry events reach its limiter.
 CURRENT_CALLER: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "bananaline_batch_caller", default=None
@@ -57,11 +59,11 @@ class JobAccounting:
         concurrency = min(limits.concurrency or ceiling, ceiling)
         return self.gates.get(job_caller, CallerLimits(concurrency, limits.rpm))
 
-    async def admit(self, job: ClaimedJob, gate: CallerGate) -> float:
-        """Reserve what the job may cost (0 here); raise ``GenerationError`` to refuse it."""
-        return 0.0
+    async def admit(self, job: ClaimedJob, gate: CallerGate) -> Reservation:
+        """Reserve what the job may cost (nothing here); raise ``GenerationError`` to refuse it."""
+        return Reservation()
 
-    async def settle(self, job: ClaimedJob, outcome: JobOutcome, reserved_usd: float) -> None:
+    async def settle(self, job: ClaimedJob, outcome: JobOutcome, reservation: Reservation) -> None:
         """The job is over: write its spend, then release its reservation."""
 
 
@@ -100,6 +102,7 @@ class BatchRun:
         self.url_for_key, self.public = url_for_key, public
         self.run_token, self.lease_s = run_token, lease_s
         self._gates: dict[str, CallerGate] = {}
+        self._turn = 0
         self.on_progress, self.stop = on_progress, stop
         self.stats = RunStats(started_at=time.monotonic())
         self.in_flight: dict[asyncio.Task[None], ClaimedJob] = {}
@@ -155,15 +158,28 @@ class BatchRun:
             if self.upstream_active >= ceiling or len(self.in_flight) >= job_cap:
                 await self._wake.wait()
                 continue
-            ready = [caller for caller in callers if self.gate(caller).ready_in_s() == 0]
-            if ready:
-                job = await self.db(
-                    self.jobs.claim, self.batch_id, ready, run_token=self.run_token, lease_s=self.lease_s
-                )
-                if job is not None:
-                    self._start(job)
+            delays: list[float] = []
+            started = False
+            order = sorted(callers)
+            self._turn = (self._turn + 1) % max(1, len(order))
+            for caller in order[self._turn :] + order[: self._turn]:  # take turns between callers
+                gate = self.gate(caller)
+                wait_s = await gate.try_start()  # a slot and an rpm start, here or across processes
+                if wait_s > 0:
+                    delays.append(wait_s)
                     continue
-                callers.difference_update(ready)
+                job = await self.db(
+                    self.jobs.claim, self.batch_id, [caller], run_token=self.run_token, lease_s=self.lease_s
+                )
+                if job is None:
+                    gate.release()
+                    callers.discard(caller)
+                    continue
+                self._start(job)
+                started = True
+                break
+            if started:
+                continue
             if not callers:
                 if not self.in_flight:
                     callers.update(await self.db(self.jobs.queued_callers, self.batch_id))
@@ -172,15 +188,17 @@ class BatchRun:
                     continue
                 await self._wake.wait()
                 continue
-            delays = [self.gate(caller).ready_in_s() for caller in callers]
             timeout = min((d for d in delays if d != math.inf), default=None)
+            if self.accounting.gates.shared is not None:
+                # another process may free a slot without waking us: look again soon
+                timeout = min(timeout if timeout is not None else SHARED_POLL_S, SHARED_POLL_S)
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout)
             except TimeoutError:
                 pass
 
     def _start(self, job: ClaimedJob) -> None:
-        self.gate(job.caller).acquire()
+        """Run a claimed job; its caller's slot was taken by ``try_start``."""
         self.upstream_active += 1
         task = asyncio.create_task(self._run_job(job), name=f"batch-job-{job.job_id}")
         self.in_flight[task] = job
@@ -212,6 +230,7 @@ class BatchRun:
         while True:
             await asyncio.sleep(self.lease_s / 3)
             await self.db(self.jobs.renew, self.run_token, lease_s=self.lease_s)
+            await self.accounting.gates.renew()
 
     async def _abandon_in_flight(self) -> None:
         tasks = list(self.in_flight)
@@ -239,10 +258,10 @@ class BatchRun:
         self._wake.set()
 
     async def _run_job(self, job: ClaimedJob) -> None:
-        reserved_usd = 0.0
+        reservation = Reservation()
         try:
             try:
-                reserved_usd = await self.accounting.admit(job, self.gate(job.caller))
+                reservation = await self.accounting.admit(job, self.gate(job.caller))
             except GenerationError as refusal:
                 outcome = _failed(refusal)
             else:
@@ -253,7 +272,7 @@ class BatchRun:
         try:
             recorded = await self.db(self.jobs.finish, job.job_id, job.lease_id, outcome)
         finally:
-            await asyncio.shield(self.accounting.settle(job, outcome, reserved_usd))
+            await asyncio.shield(self.accounting.settle(job, outcome, reservation))
         if not recorded:
             return
         self.stats.jobs_finished += 1

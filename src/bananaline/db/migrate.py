@@ -24,11 +24,21 @@ def alembic_config(url: str) -> Config:
     return config
 
 
+#: Any fixed number: the PostgreSQL advisory lock that lets one process at a time migrate.
+_MIGRATION_LOCK = 0x62616E61
+
+
 def upgrade(url: str, revision: str = "head") -> None:
-    """Run every pending migration on ``url`` in one connection."""
+    """Run every pending migration on ``url`` in one connection. On PostgreSQL, processes that
+    start together (workers, ``serve --workers N``) take turns under an advisory lock, so the
+    first migrates and the others find the schema current; SQLite's ``BEGIN IMMEDIATE`` already
+    serialises them."""
     engine = make_engine(url)
     try:
         with engine.connect() as connection:
+            if connection.dialect.name == "postgresql":
+                connection.exec_driver_sql(f"SELECT pg_advisory_lock({_MIGRATION_LOCK})")
+                connection.commit()
             config = alembic_config(url)
             config.attributes["connection"] = connection
             command.upgrade(config, revision)

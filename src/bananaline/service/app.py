@@ -13,13 +13,14 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from ..admission import CallerGates
+from ..admission import CallerGates, GateLedger, Shared
 from ..batch import BatchEngine
 from ..batch.store import JobStore
 from ..client import ImageClient
 from ..config import Settings
 from ..db import make_engine, upgrade
 from ..errors import register_secret
+from ..instances import LIVE_INSTANCES, new_instance_id
 from ..logs import get_logger
 from ..storage import ImageStore
 from .auth import KeyCipher
@@ -57,9 +58,11 @@ def create_app(settings: Settings) -> FastAPI:
         metrics.track_in_flight("task", lambda: state.tasks.in_flight)
         metrics.track_in_flight("batch", lambda: len(state.batch_runs))
         log.info("service_started", db=_safe_db(settings.db_url), store=repr(state.store))
+        renewer = asyncio.create_task(_renew_gate_leases(state), name="bananaline-gate-leases")
         try:
             yield
         finally:
+            renewer.cancel()
             await state.tasks.shutdown()
             runs = list(state.batch_runs.values())
             for run in runs:
@@ -67,6 +70,9 @@ def create_app(settings: Settings) -> FastAPI:
             if runs:
                 await asyncio.wait(runs, timeout=10)
             state.batches.close()
+            await state.gates.release_all()
+            if state.gates.shared is not None:
+                LIVE_INSTANCES.discard(state.gates.shared.holder)
             await state.client.aclose()
             state.engine.dispose()
             log.info("service_stopped")
@@ -105,6 +111,18 @@ def _mount_mcp(app: FastAPI, settings: Settings) -> None:
     mount_mcp(app, settings)
 
 
+async def _renew_gate_leases(state: AppState) -> None:
+    """Keep this process's shared slots and reservations leased while it lives."""
+    if state.gates.shared is None:
+        return
+    while True:
+        await asyncio.sleep(state.gates.shared.lease_s / 3)
+        try:
+            await state.gates.renew()
+        except Exception as exc:  # noqa: BLE001 - a database hiccup must not end the renewals
+            log.warning("gate_lease_renew_failed", error=type(exc).__name__)
+
+
 def _build_state(settings: Settings, metrics: ServiceMetrics) -> AppState:
     upgrade(settings.db_url)
     engine = make_engine(settings.db_url)
@@ -114,7 +132,12 @@ def _build_state(settings: Settings, metrics: ServiceMetrics) -> AppState:
         store.local_root.mkdir(parents=True, exist_ok=True)
     client = ImageClient(settings)
     usage = UsageRepository(engine)
-    gates = CallerGates()
+    shared = None
+    if settings.shares_limits:  # one set of caller limits for every worker process on this database
+        holder = new_instance_id()
+        LIVE_INSTANCES.add(holder)
+        shared = Shared(GateLedger(engine), holder=holder, lease_s=settings.limits_lease_s)
+    gates = CallerGates(shared=shared)
     state = AppState(
         settings=settings,
         engine=engine,

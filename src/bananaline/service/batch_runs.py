@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from ..admission import CallerGate, estimate_usd
+from ..admission import CallerGate, Reservation, estimate_usd
 from ..batch import BatchEngine, CallerKey, KeyRing
 from ..batch.runner import JobAccounting
 from ..batch.store import ClaimedJob, JobOutcome
@@ -56,13 +56,13 @@ class CallerAccounting(JobAccounting):
     def gate_for(self, job_caller: str) -> CallerGate:
         return self.state.generation.gate_for(self.caller)
 
-    async def admit(self, job: ClaimedJob, gate: CallerGate) -> float:
+    async def admit(self, job: ClaimedJob, gate: CallerGate) -> Reservation:
         if self.caller.budget_usd is None:
-            return 0.0
+            return Reservation()
         spent = await asyncio.to_thread(self.state.usage.spent_usd, self.caller.id)
-        return gate.reserve(spent, _plan_price_usd(job.plan))
+        return await gate.reserve(spent, _plan_price_usd(job.plan))
 
-    async def settle(self, job: ClaimedJob, outcome: JobOutcome, reserved_usd: float) -> None:
+    async def settle(self, job: ClaimedJob, outcome: JobOutcome, reservation: Reservation) -> None:
         try:
             error_kind = outcome.error.get("kind") if outcome.error else None
             record = UsageRecord(
@@ -82,7 +82,7 @@ class CallerAccounting(JobAccounting):
             self.state.metrics.images.labels(caller=self.caller.name).inc(record.images)
             self.state.metrics.cost.labels(caller=self.caller.name).inc(record.cost_usd)
         finally:
-            self.gate_for(job.caller).release_reservation(reserved_usd)
+            await self.gate_for(job.caller).release_reservation(reservation)
 
 
 async def check_budget(state: AppState, caller: Caller, batch_id: str) -> None:
@@ -92,7 +92,7 @@ async def check_budget(state: AppState, caller: Caller, batch_id: str) -> None:
         return
     estimate = await asyncio.to_thread(pending_estimate_usd, state, batch_id)
     spent = await asyncio.to_thread(state.usage.spent_usd, caller.id)
-    state.generation.gate_for(caller).check_budget(spent, estimate)
+    await state.generation.gate_for(caller).check_budget(spent, estimate)
 
 
 def start_run(state: AppState, caller: Caller, batch_id: str, *, files_base_url: str) -> bool:

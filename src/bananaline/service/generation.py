@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, unquote
 
-from ..admission import CallerGate, CallerGates, CallerLimits, Plan, plan_request
+from ..admission import CallerGate, CallerGates, CallerLimits, Plan, Reservation, plan_request
 from ..client import ImageClient
 from ..config import Settings
 from ..delivery import store_result
@@ -40,7 +40,7 @@ class Admission:
     principal: Principal
     plan: Plan
     gate: CallerGate | None = field(default=None, repr=False)
-    reserved_usd: float = 0.0
+    reservation: Reservation = field(default_factory=Reservation)
 
     @property
     def request(self) -> GenerationRequest:
@@ -105,22 +105,22 @@ class GenerationService:
                 gate = admission.gate = self.gate_for(caller)
                 if charged:
                     spent = await asyncio.to_thread(self.usage.spent_usd, caller.id)
-                    admission.reserved_usd = gate.reserve(spent, plan.reserve_usd)
+                    admission.reservation = await gate.reserve(spent, plan.reserve_usd)
                 try:
-                    gate.take_request()
+                    await gate.take_request()
                 except GenerationError:
-                    gate.release_reservation(admission.reserved_usd)
+                    await gate.release_reservation(admission.reservation)
                     raise
         except GenerationError as error:
             self.metrics.observe_refusal(error.kind.value)
             raise
         return admission
 
-    def abandon(self, admission: Admission) -> None:
-        """An admitted request that will not run after all: give its reservation back."""
+    async def abandon(self, admission: Admission) -> None:
+        """An admitted request that will not run after all (or whose spend is now written): give
+        its reservation back."""
         if admission.gate is not None:
-            admission.gate.release_reservation(admission.reserved_usd)
-            admission.reserved_usd = 0.0
+            await admission.gate.release_reservation(admission.reservation)
 
     # ---- the upstream work ----------------------------------------------------------------------
 
@@ -131,7 +131,7 @@ class GenerationService:
         try:
             return await self._run(admission, source=source, files_base_url=files_base_url, task_id=task_id)
         finally:
-            self.abandon(admission)  # only now: the spend is written (or nothing was spent)
+            await self.abandon(admission)  # only now: the spend is written (or nothing was spent)
 
     async def _run(
         self, admission: Admission, *, source: str, files_base_url: str, task_id: str | None

@@ -343,7 +343,7 @@ async def start_plugin_task(
             owner=principal.owner, kind=TASK_KIND, request_summary=summary_of(request), work=work
         )
     except BaseException:
-        state.generation.abandon(admission)
+        await state.generation.abandon(admission)
         raise
     answer = await state.tasks.wait(task_id, wait_s)
     return PluginResponse.running(task_id) if answer is None else PluginResponse.model_validate(answer)
