@@ -32,9 +32,12 @@ CLIENTS = ("bananaline", "google-genai")
 async def _bananaline_child(base_url: str, aspect_ratio: str, image_size: str, out_dir: Path) -> dict:
     from bananaline.client import ImageClient
     from bananaline.config import Settings
-    from bananaline.delivery import save_result
+    from bananaline.delivery import save_result, store_result
+    from bananaline.imaging import preload
+    from bananaline.storage import ImageStore
     from bananaline.types import GenerationRequest
 
+    preload()  # libvips is a library load like any import: counted with the imports
     rss_after_import_mb = common.own_peak_rss_mb()
     started = time.perf_counter()
     settings = Settings(base_url=base_url, api_key=common.API_KEY, max_attempts=1, out_dir=out_dir)
@@ -44,6 +47,11 @@ async def _bananaline_child(base_url: str, aspect_ratio: str, image_size: str, o
     if not result.ok:
         raise SystemExit(f"generation failed: {result.error}")
     paths = save_result(result, out_dir)
+    # Checks and provenance above; here the compressed copy and the thumbnail, as a store makes them.
+    store = ImageStore.from_url((out_dir / "store").as_uri(), settings=settings)
+    stored = await store_result(result, store)
+    if not (stored[0] and stored[0].compressed_key and stored[0].thumbnail_key):
+        raise SystemExit(f"derivatives missing: {stored}")
     elapsed_s = time.perf_counter() - started
     image = result.images[0]
     return {
@@ -164,6 +172,7 @@ def render(figures: dict) -> str:
                 f"{data['peak_rss_mb']:.0f}",
                 f"{data['rss_after_import_mb']:.0f}",
                 f"{data['peak_rss_mb'] - data['rss_after_import_mb']:.0f}",
+                f"{(data['peak_rss_mb'] - data['rss_after_import_mb']) / data['image_mb']:.2f}",
                 f"{data['elapsed_s']:.2f}",
                 f"{data['process_wall_s']:.2f}",
             ]
@@ -173,6 +182,7 @@ def render(figures: dict) -> str:
         "peak RSS (MB)",
         "RSS after imports (MB)",
         "added by the request (MB)",
+        "added / image bytes",
         "request + save (s)",
         "process wall (s)",
     ]

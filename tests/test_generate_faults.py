@@ -284,3 +284,79 @@ def test_retry_info_alone_gives_the_wait():
     assert "RESOURCE_EXHAUSTED" in error.detail
     header_wins = classify_http_status(429, {"retry-after": "3"}, body)
     assert header_wins.retry_after_s == 3.0
+
+
+@pytest.mark.parametrize("protocol", list(WireProtocol))
+async def test_zero_quota_429_is_quota_and_not_retried(sim, protocol):
+    """Google's 429 for a tier with no quota for the model (limit: 0) carries a RetryInfo, but
+    waiting never helps: ``quota``, one attempt, and a message that says what to do."""
+    result = await _generate(sim, "a cat [sim fault=quota_zero retry_after=5]", protocol, max_attempts=4)
+    assert not result.ok
+    error = result.error
+    assert error.kind is ErrorKind.QUOTA, error
+    assert error.retryable is False
+    assert result.attempts == 1
+    assert sim.stats()["requests_total"] == 1
+    assert "limit: 0" in error.detail and "gemini-3-pro-image-preview" in error.detail
+    assert "billing" in error.message and "gemini-3-pro-image-preview" in error.message
+    assert "结算" in error.message_zh and "配额" in error.message_zh
+    assert KEY not in repr(error.to_dict())
+
+
+def test_zero_quota_is_read_from_the_quota_failure_detail_alone():
+    """proto3 JSON may drop the message line; a QuotaFailure with quotaValue "0" is enough."""
+    from bananaline.transport_errors import classify_http_status
+
+    body = (
+        b'{"error":{"code":429,"message":"Resource has been exhausted","status":"RESOURCE_EXHAUSTED",'
+        b'"details":[{"@type":"type.googleapis.com/google.rpc.QuotaFailure","violations":[{"quotaMetric":'
+        b'"generativelanguage.googleapis.com/generate_content_free_tier_requests","quotaDimensions":'
+        b'{"model":"gemini-3-pro-image","location":"global"},"quotaValue":"0"}]},'
+        b'{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"30s"}]}}'
+    )
+    error = classify_http_status(429, {}, body)
+    assert error.kind is ErrorKind.QUOTA and error.retryable is False
+    assert "gemini-3-pro-image" in error.message
+    nonzero = body.replace(b'"quotaValue":"0"', b'"quotaValue":"10"')
+    assert classify_http_status(429, {}, nonzero).kind is ErrorKind.RATE_LIMITED
+    rate = b'{"error":{"code":429,"message":"Quota exceeded for metric: x, limit: 10, model: m"}}'
+    assert classify_http_status(429, {}, rate).kind is ErrorKind.RATE_LIMITED
+
+
+def test_zero_quota_inside_a_200_body_is_quota_too():
+    from bananaline.protocols.content import error_from_body
+
+    message = "* Quota exceeded for metric: generate_content_free_tier_requests, limit: 0, model: m1"
+    error = error_from_body(429, "RESOURCE_EXHAUSTED", message)
+    assert error.kind is ErrorKind.QUOTA and error.retryable is False and "m1" in error.message
+    assert error_from_body(429, "RESOURCE_EXHAUSTED", "slow down").kind is ErrorKind.RATE_LIMITED
+
+
+@pytest.mark.parametrize("protocol", list(WireProtocol))
+async def test_quota_zero_fault_looks_like_google_on_the_wire(sim, protocol):
+    """The simulator's ``quota_zero``: Google's body (QuotaFailure with limit 0, Help, RetryInfo)
+    natively; through a relay only the message says limit 0."""
+    import httpx
+
+    model = "gemini-3-pro-image-preview"
+    prompt = "a cat [sim fault=quota_zero retry_after=7]"
+    if protocol is WireProtocol.GEMINI:
+        url = f"{sim.base_url}/v1beta/models/{model}:generateContent"
+        body: dict = {"contents": [{"role": "user", "parts": [{"text": prompt}]}]}
+        headers = {"x-goog-api-key": KEY}
+    else:
+        url = f"{sim.base_url}/v1/chat/completions"
+        body = {"model": model, "messages": [{"role": "user", "content": prompt}]}
+        headers = {"authorization": f"Bearer {KEY}"}
+    async with httpx.AsyncClient(trust_env=False) as http:
+        response = await http.post(url, json=body, headers=headers)
+    assert response.status_code == 429 and "retry-after" not in response.headers
+    error = response.json()["error"]
+    assert "limit: 0, model: gemini-3-pro-image-preview" in error["message"]
+    if protocol is WireProtocol.GEMINI:
+        assert error["status"] == "RESOURCE_EXHAUSTED"
+        by_type = {detail["@type"].rsplit(".", 1)[1]: detail for detail in error["details"]}
+        assert {violation["quotaValue"] for violation in by_type["QuotaFailure"]["violations"]} == {"0"}
+        assert by_type["RetryInfo"]["retryDelay"] == "7s"
+    else:
+        assert error["type"] == "rate_limit_error"

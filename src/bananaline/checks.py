@@ -20,15 +20,28 @@ import io
 from PIL import Image
 
 from .errors import ErrorKind, GenerationError
-from .imaging import ImageTooLarge, UndecodableImage, decode, open_lazily, pillow_mime, sniff_mime, verify
+from .imaging import (
+    PREVIEW_PX,
+    PROBE_PX,
+    ImageTooLarge,
+    UndecodableImage,
+    decode,
+    open_lazily,
+    pillow_mime,
+    scan,
+    sniff_mime,
+    streams,
+    verify,
+)
 from .types import GeneratedImage
 
 ASPECT_TOLERANCE = 0.02
 SIZE_TOLERANCE = 0.03
 #: Per-band spread (0-255) still counted as one colour: encoder noise on a flat image.
 BLANK_TOLERANCE = 6
-BLANK_PROBE_PX = 256
-PREVIEW_PX = 160
+BLANK_PROBE_PX = PROBE_PX
+#: is_blank has no caller's limit: the one of the default settings (8192 x 8192).
+_BLANK_MAX_PIXELS = 8192 * 8192
 
 _MIME_ALIASES = {"image/jpg": "image/jpeg", "image/pjpeg": "image/jpeg", "image/x-png": "image/png"}
 
@@ -55,21 +68,23 @@ def inspect_image(data: bytes, declared_mime: str | None, *, max_pixels: int) ->
     Size comes from the header; anything over ``max_pixels`` is refused before decoding
     (detail ``too_large``). Bytes that are no image, or a truncated/corrupt one, raise
     ``invalid_image`` with detail ``empty``, ``unknown_format`` or ``undecodable``.
+
+    PNG, JPEG, WebP, GIF and TIFF are decoded once, in strips, by libvips (:func:`imaging.scan`):
+    the same pass gives the flatness verdict and the 160 px preview, and a 4K image never exists
+    as a full raster. Other formats take the Pillow path.
     """
     if not data:
         raise _invalid("empty", "no bytes")
     mime = sniff_mime(data)
     try:
-        verify(data, max_pixels=max_pixels)
-        with open_lazily(data, max_pixels=max_pixels) as image:
-            mime = mime or pillow_mime(image)
-            width, height = image.size
-            if image.format == "JPEG":  # DCT scaling still reads every entropy-coded byte
-                image.draft(image.mode, (max(1, width // 8), max(1, height // 8)))
-            decode(image)
-            small = _small_copy(image)
-            blank = _is_flat(small)
-            preview = _preview_jpeg(small)
+        if mime == "image/png":
+            verify(data, max_pixels=max_pixels)  # chunk CRCs: cheap, and libvips does not check them all
+        if streams(mime):
+            assert mime is not None
+            found = scan(data, mime, max_pixels=max_pixels, tolerance=BLANK_TOLERANCE)
+            width, height, blank, preview = found.width, found.height, found.blank, found.preview
+        else:
+            mime, width, height, blank, preview = _inspect_with_pillow(data, mime, max_pixels)
     except ImageTooLarge as exc:
         raise _invalid("too_large", str(exc)) from exc
     except UndecodableImage as exc:
@@ -80,6 +95,19 @@ def inspect_image(data: bytes, declared_mime: str | None, *, max_pixels: int) ->
     generated.blank = blank
     generated.preview = preview
     return generated
+
+
+def _inspect_with_pillow(
+    data: bytes, mime: str | None, max_pixels: int
+) -> tuple[str | None, int, int, bool, bytes | None]:
+    """The Pillow path for formats libvips is not given (BMP, HEIF/AVIF): one decode, a ≤ 256 px copy."""
+    verify(data, max_pixels=max_pixels)
+    with open_lazily(data, max_pixels=max_pixels) as image:
+        mime = mime or pillow_mime(image)
+        width, height = image.size
+        decode(image)
+        small = _small_copy(image)
+        return mime, width, height, _is_flat(small), _preview_jpeg(small)
 
 
 def _ratio(text: str) -> float | None:
@@ -96,10 +124,13 @@ def _off(actual: float, wanted: float) -> float:
 
 
 def is_blank(data: bytes, *, tolerance: int = BLANK_TOLERANCE) -> bool:
-    """One flat colour? Judged on a copy reduced to at most 256 px: JPEGs are decoded at 1/8 scale
-    (``draft``), others shrink by ``reduce`` inside ``thumbnail``, so a 4K image never costs more than
-    one decoded copy plus a small one."""
+    """One flat colour? Judged on a ≤ 256 px box-averaged copy made while decoding (libvips, in
+    strips), so a 4K image never costs a full raster. ``False`` when the bytes do not decode."""
+    mime = sniff_mime(data)
     try:
+        if streams(mime):
+            assert mime is not None
+            return scan(data, mime, max_pixels=_BLANK_MAX_PIXELS, tolerance=tolerance, preview=False).blank
         with Image.open(io.BytesIO(data)) as image:
             image.draft("RGB", (BLANK_PROBE_PX, BLANK_PROBE_PX))
             return _is_flat(image, tolerance=tolerance)

@@ -16,7 +16,6 @@ result (``result.error``), so a timeout and a safety refusal never look alike.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import time
 from collections.abc import Callable, Mapping
@@ -32,6 +31,7 @@ from . import catalog
 from .checks import check_output, inspect_image
 from .config import Settings, get_settings
 from .errors import ErrorKind, GenerationError, register_secret
+from .imaging import run_cpu
 from .protocols import get_protocol
 from .protocols.base import DecodedResponse, EncodedRequest, ReferencePart, WireCall, WireProtocolAdapter
 from .references import guarded_fetch, load_references
@@ -62,9 +62,6 @@ class ImageClient:
             trust_env=False,
         )
         self._on_event = on_event
-        # Decoding and checking images is CPU work: more threads than cores only multiply the
-        # decoded pixels held at once (50 MB per 4K frame) without finishing any sooner.
-        self._cpu_gate = asyncio.Semaphore(max(1, os.cpu_count() or 1))
 
     async def __aenter__(self) -> ImageClient:
         return self
@@ -173,15 +170,11 @@ class ImageClient:
         strict = request.strict_checks or settings.strict_checks
         images: list[GeneratedImage] = []
         for raw in decoded.images:
-            async with self._cpu_gate:
-                image, codes = await asyncio.to_thread(
-                    _inspect_and_check,
-                    raw.data,
-                    raw.declared_mime,
-                    settings.max_image_pixels,
-                    resolved,
-                    strict,
-                )
+            # CPU work in the process-wide pool sized to the cores (shared with the store's
+            # derivatives): more threads than cores would not finish any sooner.
+            image, codes = await run_cpu(
+                _inspect_and_check, raw.data, raw.declared_mime, settings.max_image_pixels, resolved, strict
+            )
             result.warnings.extend(code for code in codes if code not in result.warnings)
             images.append(image)
         result.images = images

@@ -7,12 +7,25 @@ bad reference (``reference_error``) and a bad output (``invalid_image``) are dif
 
 Pillow's global ``Image.MAX_IMAGE_PIXELS`` is left alone: our own limit (``max_pixels``) is checked
 right after the header is read, and Pillow's own bomb error/warning is caught and reported the same way.
+
+Generated images (output checks, compressed copy, thumbnail) go through libvips (``pyvips`` with the
+``pyvips-binary`` wheel; no system package): PNG/JPEG/WebP/GIF/TIFF are decoded sequentially in
+strips and reduced on the way, so a 4K check never holds the 51 MB raster Pillow would (:func:`scan`,
+:func:`derive`). Pillow stays for references (small, often exotic formats), for formats outside that
+list, and for the header-only bomb guard (:func:`open_lazily`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import io
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any, ParamSpec, TypeVar
 
 from PIL import Image, ImageOps
 
@@ -35,6 +48,29 @@ _PILLOW_MIMES = {
     "TIFF": "image/tiff",
     "AVIF": "image/avif",
 }
+
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+_cpu_pool: ThreadPoolExecutor | None = None
+_cpu_pool_lock = threading.Lock()
+
+
+def cpu_workers() -> int:
+    return max(1, os.cpu_count() or 1)
+
+
+async def run_cpu(fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+    """Run blocking image work (decode, checks, derivatives, hashing) off the event loop, in the one
+    process-wide pool sized to the cores: every client and store shares it, so a burst of answers
+    queues here instead of starving the loop or multiplying decoded pixels held at once."""
+    global _cpu_pool
+    if _cpu_pool is None:
+        with _cpu_pool_lock:
+            if _cpu_pool is None:
+                _cpu_pool = ThreadPoolExecutor(max_workers=cpu_workers(), thread_name_prefix="bananaline-cpu")
+    call = functools.partial(fn, *args, **kwargs)
+    return await asyncio.get_running_loop().run_in_executor(_cpu_pool, call)
 
 
 class ImageTooLarge(Exception):
@@ -84,7 +120,12 @@ def sniff_mime(data: bytes) -> str | None:
 
 
 def pillow_mime(image: Image.Image) -> str | None:
-    return _PILLOW_MIMES.get(image.format or "")
+    return format_mime(image.format)
+
+
+def format_mime(pillow_format: str | None) -> str | None:
+    """The MIME type of a Pillow format name (``"PNG"`` -> ``"image/png"``)."""
+    return _PILLOW_MIMES.get(pillow_format or "")
 
 
 def open_lazily(data: bytes, *, max_pixels: int) -> Image.Image:
@@ -203,3 +244,218 @@ def reencode(data: bytes, *, long_edge_px: int, max_pixels: int, jpeg_quality: i
             work.save(buffer, format="JPEG", quality=jpeg_quality, optimize=True)
             mime = "image/jpeg"
         return Encoded(buffer.getvalue(), mime, work.width, work.height)
+
+
+# ---- streaming path (libvips) ---------------------------------------------------------------
+
+#: libvips loaders by sniffed MIME type: the loader is chosen from our own sniffing, never by
+#: libvips' (which would also accept SVG, PDF or matrix files).
+_VIPS_LOADERS = {
+    "image/png": "pngload_source",
+    "image/jpeg": "jpegload_source",
+    "image/webp": "webpload_source",
+    "image/gif": "gifload_source",
+    "image/tiff": "tiffload_source",
+}
+#: Side of the reduced copy the flatness test and the preview are judged on.
+PROBE_PX = 256
+PREVIEW_PX = 160
+_vips_module: Any = None
+_vips_lock = threading.Lock()
+
+
+def _vips() -> Any:
+    """pyvips, configured once: no operation cache (it would keep our buffers alive) and one
+    libvips worker thread per call (the caller's pool is already sized to the cores)."""
+    global _vips_module
+    if _vips_module is None:
+        with _vips_lock:
+            if _vips_module is None:
+                import pyvips
+
+                pyvips.cache_set_max(0)
+                pyvips.cache_set_max_mem(0)
+                pyvips.concurrency_set(1)
+                _vips_module = pyvips
+    return _vips_module
+
+
+def preload() -> None:
+    """Load libvips now (it is otherwise loaded on the first image): for servers and benchmarks
+    that want its one-off cost (~10 MB of shared libraries) at start-up, not on a request."""
+    _vips()
+
+
+def streams(mime: str | None) -> bool:
+    """Whether ``mime`` takes the libvips path (else the Pillow one)."""
+    return mime in _VIPS_LOADERS
+
+
+@dataclass(frozen=True)
+class Scan:
+    """What one sequential decode of a generated image proved and produced."""
+
+    width: int
+    height: int
+    blank: bool
+    preview: bytes | None
+
+
+def _vips_open(data: bytes, mime: str, *, max_pixels: int, **load_options: Any) -> Any:
+    """Header only, then the bomb check: no pixel is decoded before ``max_pixels`` is enforced.
+
+    ``fail_on="truncated"`` turns truncated or corrupt pixel data into an error when the pixels are
+    read (libvips would otherwise pad with grey); the bytes are not copied (``Source.new_from_memory``).
+    """
+    pyvips = _vips()
+    try:
+        source = pyvips.Source.new_from_memory(data)
+        loader = getattr(pyvips.Image, _VIPS_LOADERS[mime])
+        image = loader(source, access="sequential", fail_on="truncated", **load_options)
+    except pyvips.Error as exc:
+        raise UndecodableImage(f"not a readable image ({_vips_message(exc)})") from exc
+    width, height = int(image.width), int(image.height)
+    if width * height > max_pixels:
+        raise ImageTooLarge(
+            f"image is {width}x{height} = {width * height / 1e6:.1f} Mpx, over the limit of "
+            f"{max_pixels / 1e6:.1f} Mpx (refused before decoding)"
+        )
+    return image
+
+
+def _vips_message(exc: Exception) -> str:
+    text = str(getattr(exc, "detail", "") or exc).strip().replace("\n", "; ")
+    return text[:300]
+
+
+def _to_srgb8(image: Any) -> Any:
+    """8-bit sRGB (or 8-bit grey), alpha kept: 16-bit, CMYK and Lab images brought to what the
+    flatness tolerance and the encoders expect."""
+    interpretation = str(image.interpretation)
+    if interpretation in ("srgb", "b-w") and str(image.format) == "uchar":
+        return image
+    target = "b-w" if interpretation in ("b-w", "grey16") else "srgb"
+    try:
+        image = image.colourspace(target)
+    except Exception:  # noqa: BLE001 - odd interpretations: scale the values instead
+        if str(image.format) == "ushort":
+            image = image / 257
+    return image.cast("uchar") if str(image.format) != "uchar" else image
+
+
+def _is_flat_vips(small: Any, tolerance: int) -> bool:
+    """One flat colour: every band's spread within ``tolerance``; fully transparent counts too."""
+    bands = int(small.bands)
+    has_alpha = bool(small.hasalpha())
+    if has_alpha and small.extract_band(bands - 1).max() == 0:
+        return True
+    colour = small.extract_band(0, n=bands - 1) if has_alpha else small
+    stats = colour.stats()  # row 0: all bands; rows 1..n: per band (min, max, ...)
+    return all(stats(1, row)[0] - stats(0, row)[0] <= tolerance for row in range(1, int(colour.bands) + 1))
+
+
+def _flatten_rgb(image: Any) -> Any:
+    """The one flatten for outputs: transparency onto white, then 3-band 8-bit sRGB."""
+    image = _to_srgb8(image)
+    if image.hasalpha():
+        image = image.flatten(background=[255] * (int(image.bands) - 1))
+    if int(image.bands) < 3:
+        image = image.colourspace("srgb")
+    return image
+
+
+def scan(data: bytes, mime: str, *, max_pixels: int, tolerance: int, preview: bool = True) -> Scan:
+    """Decode every pixel once, in strips, into a ≤ 256 px box-averaged copy: that proves the image
+    decodes (truncated or corrupt data raises :class:`UndecodableImage`), judges flatness, and
+    gives the 160 px JPEG preview. The full raster is never held: a 4K PNG adds about 12 MB.
+    JPEGs are decoded at reduced DCT scale (every entropy-coded byte is still read)."""
+    pyvips = _vips()
+    probe = _vips_open(data, mime, max_pixels=max_pixels)
+    width, height = int(probe.width), int(probe.height)
+    options: dict[str, Any] = {}
+    longest = max(width, height)
+    if mime == "image/jpeg":
+        options["shrink"] = max((s for s in (1, 2, 4, 8) if longest // s >= PROBE_PX), default=1)
+    elif mime == "image/webp":
+        options["scale"] = min(1.0, PROBE_PX * 2 / longest)
+    image = _vips_open(data, mime, max_pixels=max_pixels, **options) if options else probe
+    try:
+        factor = max(1, -(-max(int(image.width), int(image.height)) // PROBE_PX))
+        small = image.shrink(factor, factor) if factor > 1 else image
+        small = _to_srgb8(small).copy_memory()
+        blank = _is_flat_vips(small, tolerance)
+        jpeg = None
+        if preview:
+            jpeg = _flatten_rgb(small.thumbnail_image(PREVIEW_PX)).jpegsave_buffer(Q=70, strip=True)
+    except pyvips.Error as exc:
+        raise UndecodableImage(f"image data does not decode ({_vips_message(exc)})") from exc
+    return Scan(width, height, blank, jpeg)
+
+
+@dataclass(frozen=True)
+class Derived:
+    """An encoded derivative and its pixel size."""
+
+    data: bytes
+    width: int
+    height: int
+
+
+def fit(size: tuple[int, int], long_edge: int) -> tuple[int, int]:
+    """``size`` shrunk (never enlarged) so its long edge is at most ``long_edge``."""
+    width, height = size
+    scale = min(1.0, long_edge / max(width, height))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _vips_thumbnail(data: bytes, mime: str, size: tuple[int, int], *, max_pixels: int) -> Any:
+    """Shrink-on-load (JPEG DCT scaling, WebP scale) and Lanczos to exactly ``size``, EXIF
+    orientation applied, transparency flattened onto white, streamed."""
+    pyvips = _vips()
+    header = _vips_open(data, mime, max_pixels=max_pixels)
+    width, height = size
+    # libvips orients before resizing: give it the box in the upright orientation.
+    if int(header.get("orientation") if header.get_typeof("orientation") else 1) in (5, 6, 7, 8):
+        width, height = height, width
+    source = pyvips.Source.new_from_memory(data)
+    image = pyvips.Image.thumbnail_source(
+        source, width, height=height, size="force", option_string="fail_on=truncated"
+    )
+    return _flatten_rgb(image)
+
+
+def derive(
+    data: bytes,
+    mime: str,
+    size: tuple[int, int],
+    *,
+    compressed_long_edge: int | None,
+    thumbnail_long_edge: int | None,
+    jpeg_quality: int,
+    webp_quality: int,
+    webp_effort: int,
+    max_pixels: int,
+) -> tuple[Derived | None, Derived | None]:
+    """The compressed JPEG and the WebP thumbnail, each streamed from the bytes (never a full
+    raster). The thumbnail is made from the compressed JPEG when there is one: JPEG shrink-on-load
+    makes that far cheaper than decoding a 4K PNG a second time."""
+    pyvips = _vips()
+    compressed = thumbnail = None
+    try:
+        if compressed_long_edge is not None:
+            target = fit(size, compressed_long_edge)
+            image = _vips_thumbnail(data, mime, target, max_pixels=max_pixels)
+            encoded = image.jpegsave_buffer(
+                Q=jpeg_quality, subsample_mode="on", optimize_coding=False, strip=True
+            )
+            compressed = Derived(encoded, int(image.width), int(image.height))
+        if thumbnail_long_edge is not None:
+            base, base_mime = (compressed.data, "image/jpeg") if compressed else (data, mime)
+            base_size = (compressed.width, compressed.height) if compressed else size
+            target = fit(base_size, thumbnail_long_edge)
+            image = _vips_thumbnail(base, base_mime, target, max_pixels=max_pixels)
+            encoded = image.webpsave_buffer(Q=webp_quality, effort=webp_effort, strip=True)
+            thumbnail = Derived(encoded, int(image.width), int(image.height))
+    except pyvips.Error as exc:
+        raise UndecodableImage(f"image data does not decode ({_vips_message(exc)})") from exc
+    return compressed, thumbnail

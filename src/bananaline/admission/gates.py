@@ -26,13 +26,16 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from limits import RateLimitItem, RateLimitItemPerHour, RateLimitItemPerMinute
 from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
 
 from ..errors import ErrorKind, GenerationError
-from .ledger import GateLedger
+
+if TYPE_CHECKING:
+    from .ledger import GateLedger
 
 Clock = Callable[[], float]
 

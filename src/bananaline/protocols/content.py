@@ -16,7 +16,7 @@ import re
 from typing import Any
 
 from ..errors import ErrorKind, GenerationError
-from ..transport_errors import STATUS_KINDS
+from ..transport_errors import STATUS_KINDS, zero_quota, zero_quota_error
 
 #: (label, patterns) in priority order; patterns are regexes matched against lowercased text.
 REFUSAL_PATTERNS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -118,6 +118,7 @@ def error_from_body(code: object, status: str | None, message: str | None) -> Ge
     """Classify an ``{"error": {"code", "status"|"type", "message"}}`` object found in a 200 body.
 
     Unknown codes and 5xx count as ``upstream_error``: the upstream failed, and that is retryable.
+    A rate limit whose message says ``limit: 0`` is ``quota`` (see :func:`zero_quota`).
     """
     kind = ErrorKind.UPSTREAM_ERROR
     for key in (code, status):
@@ -129,6 +130,9 @@ def error_from_body(code: object, status: str | None, message: str | None) -> Ge
             break
     label = next((str(key) for key in (code, status) if key not in (None, "")), "error")
     detail = f"{label}: {message}" if message else label
+    zero = zero_quota({"message": message}) if kind is ErrorKind.RATE_LIMITED and message else None
+    if zero is not None:
+        return zero_quota_error(zero[0], f"{label}: {zero[1]}"[:_ERROR_DETAIL_CHARS])
     if kind is ErrorKind.PROMPT_BLOCKED:
         detail = label
     return GenerationError(kind, detail=detail[:_ERROR_DETAIL_CHARS])

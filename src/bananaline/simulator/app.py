@@ -109,6 +109,15 @@ def _error(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+def _quota_zero(protocol: str, model: str, retry_after_s: float) -> Response:
+    """Google's 429 for a tier with no quota for the model: RetryInfo and all, as a trap for retries."""
+    if protocol == "gemini":
+        body = gemini_shapes.quota_zero_document(model, retry_after_s)
+    else:
+        body = openai_shapes.quota_zero_document(gemini_shapes.quota_zero_message(model, retry_after_s))
+    return JSONResponse(body, status_code=429)
+
+
 class Simulator:
     """Route handlers bound to one :class:`SimulatorState`."""
 
@@ -168,6 +177,8 @@ class Simulator:
         if status is not None:
             retry = retry_after_s if status in _RETRY_STATUSES else None
             return _error(protocol, status, model=call.model, retry_after_s=retry)
+        if fault == "quota_zero":
+            return _quota_zero(protocol, call.model, retry_after_s)
         if fault == "hang":
             return _error(protocol, 504, "The simulator hung for its whole hang_s and gave up.")
         if fault == "not_json":

@@ -20,6 +20,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 HTTP_FAULTS = tuple(f"http_{code}" for code in (400, 401, 402, 403, 404, 413, 422, 429, 500, 502, 503))
+#: HTTP errors with a body of their own: ``quota_zero`` is Google's 429 ``RESOURCE_EXHAUSTED`` for a
+#: key whose tier has no quota for the model at all (``QuotaFailure``, ``limit: 0``), passed
+#: through verbatim in the message by OpenAI-compatible relays.
+BODY_FAULTS = ("quota_zero",)
 TRANSPORT_FAULTS = ("reset_mid_body", "truncated_json", "not_json", "hang")
 FINISH_REASONS = (
     "SAFETY",
@@ -48,7 +52,8 @@ CONTENT_FAULTS = (
 #: Faults where the HTTP exchange succeeds with an image that output checks should catch.
 IMAGE_FAULTS = ("jpeg_as_png", "wrong_size", "wrong_aspect", "black_image")
 
-#: Every named fault. ``http_NNN`` for any 4xx/5xx code and ``finish_<ANY_UPPERCASE>`` also work.
+#: Every named fault with a generic shape. ``http_NNN`` for any 4xx/5xx code, ``finish_<ANY_UPPERCASE>``
+#: and the :data:`BODY_FAULTS` also work.
 FAULTS: tuple[str, ...] = HTTP_FAULTS + TRANSPORT_FAULTS + CONTENT_FAULTS + IMAGE_FAULTS
 
 _HTTP_RE = re.compile(r"^http_([45]\d\d)$")
@@ -59,7 +64,7 @@ _PAIR_RE = re.compile(r"([a-z_]+)\s*=\s*([^\s\]]+)", re.IGNORECASE)
 
 
 def is_known_fault(name: str) -> bool:
-    if name in FAULTS or _HTTP_RE.match(name) or _FINISH_RE.match(name):
+    if name in FAULTS or name in BODY_FAULTS or _HTTP_RE.match(name) or _FINISH_RE.match(name):
         return True
     match = _TEXT_RE.match(name)
     return bool(match and match.group(1) in TEXT_LABELS)

@@ -69,6 +69,60 @@ def error_document(
     return {"error": error}
 
 
+#: (metric, quotaId) of the free tier, as named in Google's QuotaFailure violations.
+_FREE_TIER_QUOTAS = (
+    ("generate_content_free_tier_requests", "GenerateRequestsPerDayPerProjectPerModel-FreeTier"),
+    ("generate_content_free_tier_input_token_count", "GenerateContentInputTokensPerModelPerMinute-FreeTier"),
+)
+_QUOTA_METRIC_PREFIX = "generativelanguage.googleapis.com/"
+
+
+def quota_zero_message(model: str, retry_after_s: float) -> str:
+    """Google's wording for a key whose tier has no quota for the model (``limit: 0``)."""
+    base = model.removeprefix("models/")
+    lines = [
+        "You exceeded your current quota, please check your plan and billing details. For more "
+        "information on this error, head to: https://ai.google.dev/gemini-api/docs/rate-limits. "
+        "To monitor your current usage, head to: https://ai.dev/usage?tab=rate-limit. ",
+        *(
+            f"* Quota exceeded for metric: {_QUOTA_METRIC_PREFIX}{metric}, limit: 0, model: {base}"
+            for metric, _ in _FREE_TIER_QUOTAS
+        ),
+        f"Please retry in {retry_after_s:g}s.",
+    ]
+    return "\n".join(lines)
+
+
+def quota_zero_document(model: str, retry_after_s: float) -> dict[str, Any]:
+    """429 ``RESOURCE_EXHAUSTED`` with ``QuotaFailure`` (limit 0), ``Help`` and ``RetryInfo``."""
+    base = model.removeprefix("models/")
+    violations = [
+        {
+            "quotaMetric": f"{_QUOTA_METRIC_PREFIX}{metric}",
+            "quotaId": quota_id,
+            "quotaDimensions": {"location": "global", "model": base},
+            "quotaValue": "0",
+        }
+        for metric, quota_id in _FREE_TIER_QUOTAS
+    ]
+    help_link = {
+        "description": "Learn more about Gemini API quotas",
+        "url": "https://ai.google.dev/gemini-api/docs/rate-limits",
+    }
+    return {
+        "error": {
+            "code": 429,
+            "message": quota_zero_message(model, retry_after_s),
+            "status": "RESOURCE_EXHAUSTED",
+            "details": [
+                {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": violations},
+                {"@type": "type.googleapis.com/google.rpc.Help", "links": [help_link]},
+                {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{retry_after_s:g}s"},
+            ],
+        }
+    }
+
+
 def _inline(mime: str, data: str) -> dict[str, Any]:
     return {"inlineData": {"mimeType": mime, "data": data}}
 

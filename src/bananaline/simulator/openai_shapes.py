@@ -53,6 +53,12 @@ def error_document(status: int, message: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message or text, "type": error_type, "param": None, "code": code}}
 
 
+def quota_zero_document(message: str) -> dict[str, Any]:
+    """A relay passing Google's zero-quota 429 through: only the message tells it from a rate limit."""
+    error_type, code, _ = _ERRORS[429]
+    return {"error": {"message": message, "type": error_type, "param": None, "code": code}}
+
+
 def openai_finish_reason(gemini_reason: str) -> str:
     if gemini_reason == "STOP":
         return "stop"

@@ -32,16 +32,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-import opendal
 from opendal import exceptions as dal_errors
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from ..atomicfile import fsync_path
 from ..config import Settings
 from ..errors import ErrorKind, GenerationError, redact
+from ..imaging import run_cpu
 from ..types import MIME_EXTENSIONS
 from . import layout
-from .backend import build_operator
+from .backend import StoreBackend, build_operator
 from .derivatives import Derivatives, ImageHeader, make_derivatives, probe, wants_compressed, wants_thumbnail
 from .fsatomic import create_exclusive
 from .results import FlushReport, StoredImage
@@ -107,19 +107,24 @@ class _KeyedLocks:
 class ImageStore:
     """One storage interface over OpenDAL (fs, s3, oss, memory), configured by one URL."""
 
-    def __init__(self, location: StoreLocation, operator: opendal.AsyncOperator, settings: Settings) -> None:
+    def __init__(self, location: StoreLocation, operator: StoreBackend, settings: Settings) -> None:
         self.location = location
         self.settings = settings
         self._operator = operator
-        self._conditional_writes = bool(operator.capability().write_with_if_not_exists)
-        self._presign_capable = bool(operator.capability().presign_read)
+        self._conditional_writes = operator.conditional_writes
+        self._presign_capable = operator.presign_capable
         self.local_root: Path | None = location.root if location.scheme == "fs" else None
         self.spool = Spool(settings.spool_dir)
         self._locks = _KeyedLocks()
-        self._derivative_slots = asyncio.Semaphore(max(1, min(2, os.cpu_count() or 1)))
 
     @classmethod
     def from_url(cls, url: str | None = None, *, settings: Settings) -> ImageStore:
+        """The store a URL names (``settings.store_url`` by default). Nothing is sent anywhere yet.
+
+        Raises ``GenerationError(invalid_input)`` for a URL that cannot name a store (unknown
+        scheme, credentials in it, no bucket, a file where the fs root should be...), so a door
+        can refuse the request before any image is paid for.
+        """
         location = parse_store_url(url or settings.store_url, public_base_url=settings.store_public_url)
         return cls(location, build_operator(location, settings), settings)
 
@@ -172,7 +177,7 @@ class ImageStore:
     async def _read_optional(self, key: str) -> bytes | None:
         async def read() -> bytes | None:
             try:
-                return bytes(await self._operator.read(key))
+                return await self._operator.read(key)
             except dal_errors.NotFound:
                 return None
 
@@ -216,18 +221,21 @@ class ImageStore:
 
     # ---- put ---------------------------------------------------------------------------------
 
-    async def put_image(self, data: bytes, *, mime: str, metadata: dict[str, Any]) -> StoredImage:
+    async def put_image(
+        self, data: bytes, *, mime: str, metadata: dict[str, Any], sha256: str | None = None
+    ) -> StoredImage:
         """Store one image with its derivatives and metadata; spool it locally if the store fails.
 
-        Raises ``GenerationError(invalid_image, detail="decompression_bomb")`` for images larger
-        than ``max_image_pixels``, and ``GenerationError(storage)`` only if even the spool failed.
+        ``sha256``: the bytes' digest when the caller already has it (``GeneratedImage.sha256``),
+        so 20 MB are not hashed twice. Raises ``GenerationError(invalid_image,
+        detail="decompression_bomb")`` for images larger than ``max_image_pixels``, and
+        ``GenerationError(storage)`` only if even the spool failed.
         """
         if not data:
             raise GenerationError(ErrorKind.INVALID_IMAGE, detail="empty image bytes", retryable=False)
-        info = await asyncio.to_thread(probe, data, self.settings.max_image_pixels)
-        sha256 = hashlib.sha256(data).hexdigest()
+        info, digest = await run_cpu(_probe_and_hash, data, self.settings.max_image_pixels, sha256)
         return await self._locks.run(
-            sha256, lambda: self._put(data, sha256, mime, metadata, info, datetime.now(UTC), spool=True)
+            digest, lambda: self._put(data, digest, mime, metadata, info, datetime.now(UTC), spool=True)
         )
 
     async def _put(
@@ -358,16 +366,14 @@ class ImageStore:
     async def _make(
         self, data: bytes, info: ImageHeader, compressed: bool, thumbnail: bool, warnings: list[str]
     ) -> Derivatives:
-        async with self._derivative_slots:
-            try:
-                made = await asyncio.to_thread(
-                    make_derivatives, data, info, self.settings, compressed=compressed, thumbnail=thumbnail
-                )
-            except (OSError, ValueError, SyntaxError) as exc:
-                # A corrupt image is still stored as delivered; only its derivatives are missing.
-                warnings.append(f"derivatives_failed: {describe_error(exc)}")
-                return Derivatives()
-            return made
+        try:  # the process-wide CPU pool (imaging.run_cpu), shared with the output checks
+            return await run_cpu(
+                make_derivatives, data, info, self.settings, compressed=compressed, thumbnail=thumbnail
+            )
+        except (OSError, ValueError, SyntaxError) as exc:
+            # A corrupt image is still stored as delivered; only its derivatives are missing.
+            warnings.append(f"derivatives_failed: {describe_error(exc)}")
+            return Derivatives()
 
     async def _discard(self, key: str) -> None:
         """Remove our copy after losing the pointer race (the winner's copy holds the same bytes)."""
@@ -424,8 +430,7 @@ class ImageStore:
         base = f"{store_prefix}/" if store_prefix else ""
 
         async def collect() -> list[str]:
-            lister = await self._operator.list(base, recursive=True)
-            return [entry.path async for entry in lister]
+            return await self._operator.list(base)
 
         try:
             paths = await self._retry(collect)
@@ -451,8 +456,7 @@ class ImageStore:
         if template == "presign":
             if not self._presign_capable:
                 return None
-            request = await self._operator.presign_read(key, int(self.settings.presign_expiry_s))
-            return str(request.url)
+            return await self._operator.presign_read(key, int(self.settings.presign_expiry_s))
         loc = self.location
         return public_url(template, bucket=loc.bucket, endpoint=loc.endpoint_host, key=key)
 
@@ -474,7 +478,7 @@ class ImageStore:
                 report.errors.append(f"{entry.sha256}: spooled bytes do not match their sha256")
                 continue
             try:
-                info = await asyncio.to_thread(probe, data, self.settings.max_image_pixels)
+                info = await run_cpu(probe, data, self.settings.max_image_pixels)
                 when = datetime.fromisoformat(str(entry.record.get("intended_at")))
                 mime = str(entry.record.get("mime") or "application/octet-stream")
                 metadata = entry.record.get("metadata") or {}
@@ -503,6 +507,13 @@ class ImageStore:
             raise GenerationError(
                 ErrorKind.STORAGE, detail=f"{self.location.display}: {describe_error(exc)}"
             ) from None
+
+
+def _probe_and_hash(data: bytes, max_pixels: int, sha256: str | None) -> tuple[ImageHeader | None, str]:
+    """Header probe (bomb guard) and digest in one trip to the CPU pool; the digest is computed
+    only when the caller did not bring one."""
+    info = probe(data, max_pixels)
+    return info, sha256 or hashlib.sha256(data).hexdigest()
 
 
 def _size_doc(size: tuple[int, int], length: int) -> dict[str, int]:

@@ -62,7 +62,7 @@ class StoreLocation:
 
 
 def _invalid(detail: str) -> GenerationError:
-    return GenerationError(ErrorKind.INVALID_INPUT, detail=detail)
+    return GenerationError(ErrorKind.INVALID_INPUT, detail=detail, request_sent=False)
 
 
 def _parse_bool(name: str, value: str) -> bool:
