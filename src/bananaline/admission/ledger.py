@@ -41,6 +41,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
 from ..db.base import Base
+from ..instances import known_gone
 
 RPM_WINDOW_S = 60.0
 
@@ -151,6 +152,7 @@ class GateLedger:
         with self.engine.begin() as conn:
             effective, paused_until, _ = self._lock(conn, key)
             conn.execute(delete(slots).where(slots.c.gate_key == key, slots.c.expires_at < now))
+            self._drop_dead_holders(conn, slots, key)
             held = conn.execute(
                 select(func.count()).select_from(slots).where(slots.c.gate_key == key)
             ).scalar_one()
@@ -244,10 +246,20 @@ class GateLedger:
 
     # --- budget ------------------------------------------------------------------------------------
 
+    @staticmethod
+    def _drop_dead_holders(conn: Connection, table: Table, key: str) -> None:
+        """What a process that is certainly dead (SIGKILL on this machine) held is free at once,
+        without waiting for its lease: the same liveness rule as job leases (``instances``)."""
+        holders = conn.execute(select(table.c.holder).where(table.c.gate_key == key).distinct()).scalars()
+        gone = [holder for holder in holders if known_gone(holder)]
+        if gone:
+            conn.execute(delete(table).where(table.c.gate_key == key, table.c.holder.in_(gone)))
+
     def reserved_usd(self, conn: Connection, key: str, now: float) -> float:
         conn.execute(
             delete(reservations).where(reservations.c.gate_key == key, reservations.c.expires_at < now)
         )
+        self._drop_dead_holders(conn, reservations, key)
         total = conn.execute(
             select(func.coalesce(func.sum(reservations.c.amount_usd), 0.0)).where(
                 reservations.c.gate_key == key
