@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import io
+import logging
 import os
 import threading
 from collections.abc import Callable
@@ -271,6 +272,13 @@ def _vips() -> Any:
     if _vips_module is None:
         with _vips_lock:
             if _vips_module is None:
+                # libvips reports through GLib's log, which pyvips forwards to Python logging from
+                # libvips' own threads; with a DEBUG handler installed (pytest's caplog, a verbose
+                # service) two such threads deadlocked. Failures reach us as exceptions anyway.
+                vips_log = logging.getLogger("pyvips")
+                vips_log.setLevel(logging.CRITICAL + 1)
+                vips_log.propagate = False
+                vips_log.disabled = True
                 import pyvips
 
                 pyvips.cache_set_max(0)

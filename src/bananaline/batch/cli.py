@@ -46,12 +46,16 @@ def _settings(**overrides: Any) -> Settings:
         raise _invalid(str(exc)) from exc
 
 
-def _engine(settings: Settings, keyring: KeyRing | None = None) -> BatchEngine:
+def _engine(
+    settings: Settings, keyring: KeyRing | None = None, *, lease_s: float | None = None
+) -> BatchEngine:
     from rich.markup import escape
 
     from ..db.base import DatabaseUrlError
 
     try:
+        if lease_s is not None:
+            return BatchEngine(settings, keyring=keyring, lease_s=lease_s)
         return BatchEngine(settings, keyring=keyring)
     except DatabaseUrlError as exc:  # e.g. postgresql:// without the postgres extra
         raise _invalid(escape(str(exc))) from None
@@ -151,6 +155,94 @@ def run_command(
         raise typer.Exit(EXIT_INTERRUPTED)
     failed = summary.rows_by_status.get("failed", 0) + summary.rows_by_status.get("cancelled", 0)
     raise typer.Exit(EXIT_FAILED_ROWS if failed else EXIT_OK)
+
+
+@app.command("submit")
+def submit_command(
+    input_path: Annotated[Path, typer.Argument(metavar="INPUT", help=".csv, .xlsx or .jsonl")],
+    db: DbOption = None,
+    batch_config: Annotated[
+        Path | None,
+        typer.Option("--batch-config", help="Batch config TOML: a columns table and a prompt template."),
+    ] = None,
+    col: Annotated[list[str] | None, typer.Option("--col", help="ROLE=COLUMN, e.g. prompt=提示词.")] = None,
+    template: Annotated[
+        str | None, typer.Option(help="Jinja2 prompt template over the row's columns.")
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="Model for rows that do not name one.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Validate, price and queue a sheet without running it; `bananaline worker` processes (on any
+    machine that reaches the job store) run it. Prints the batch id. Submitting the same sheet
+    again gives the same id and queues nothing twice. Exit 0 queued, 2 invalid input."""
+    from ..admission import estimate_usd
+
+    settings = _settings(db_url=db, model=model)
+    try:
+        table = read_table(input_path)
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise _invalid(f"cannot read {input_path}: {exc}") from exc
+    columns = _columns(batch_config, col, template)
+    engine = _engine(settings)
+    try:
+        batch_id = engine.create_batch(
+            table.rows,
+            columns=columns,
+            header=table.header,
+            base_dir=input_path.parent.resolve(),
+            name=input_path.name,
+        )
+    except (BatchInputError, TemplateRejected) as exc:
+        raise _invalid(str(exc)) from exc
+    plans = engine.jobs.pending_plans(batch_id)
+    counts = engine.jobs.job_counts(batch_id)
+    engine.close()
+    estimated_usd = round(
+        sum(estimate_usd(str(plan.get("model") or settings.model), plan.get("image_size")) for plan in plans),
+        6,
+    )
+    local_refs = sum(
+        1 for plan in plans for ref in plan.get("references") or () if not _is_remote_reference(str(ref))
+    )
+    figures = {
+        "batch_id": batch_id,
+        "rows": len(table.rows),
+        "jobs_queued": counts.get("queued", 0) + counts.get("running", 0),
+        "jobs_invalid": counts.get("failed", 0),
+        "estimated_cost_usd": estimated_usd,
+    }
+    if local_refs:
+        err_console.print(
+            f"[yellow]warning:[/yellow] {local_refs} reference(s) are files on this machine: a worker "
+            "elsewhere cannot read them (use URLs, or a path every worker shares)",
+            highlight=False,
+        )
+    if as_json:
+        print(json.dumps(figures, ensure_ascii=False))
+        return
+    err_console.print(
+        f"batch [bold]{batch_id}[/bold] · {figures['rows']} rows · {figures['jobs_queued']} jobs queued · "
+        f"{figures['jobs_invalid']} invalid · about {estimated_usd:.3f} USD · "
+        f"db {safe_db_url(settings.db_url)}",
+        highlight=False,
+    )
+    print(batch_id)
+
+
+def safe_db_url(url: str) -> str:
+    """The URL without its password, for output and logs."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<unparseable URL>"
+
+
+def _is_remote_reference(reference: str) -> bool:
+    lowered = reference[:12].lower()
+    return lowered.startswith(("data:", "http://", "https://"))
 
 
 async def _run_with_signals(

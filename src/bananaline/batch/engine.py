@@ -7,6 +7,10 @@
 
 A batch is identified by its content (header, rows, column config, owner): creating the same
 batch twice returns the same id and running it again only does what is left.
+
+``await engine.work()`` is a worker (``bananaline worker``): it runs queued jobs of every batch
+in the work queue (the batches no service caller owns), on as many processes and machines as
+share the job store, until told to stop (or, with ``exit_when_idle``, until nothing is left).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from .keys import KeyRing
 from .progress import ProgressSnapshot
 from .report import BatchSummary, summarize
 from .results import BatchInfo, BatchStatus, batch_info, fold_rows, output_rows
-from .runner import BatchRun, JobAccounting
+from .runner import BatchRun, JobAccounting, RunStats
 from .sheets import write_table
 from .store import JobStore, NewRow, new_run_token
 
@@ -229,8 +233,51 @@ class BatchEngine:
         """Run what is left of the batch. Set ``stop`` to stop claiming (in-flight jobs finish);
         cancel the task to also give in-flight jobs back to the queue."""
         self._batch(batch_id, None)
+        stats = await self._drive(batch_id, concurrency=concurrency, on_progress=on_progress, stop=stop)
+        return await asyncio.to_thread(
+            self.summary,
+            batch_id,
+            run_elapsed_s=stats.elapsed_s,
+            run_jobs_finished=stats.jobs_finished,
+            run_images=stats.images,
+            interrupted=stats.interrupted,
+        )
+
+    async def work(
+        self,
+        *,
+        concurrency: int | None = None,
+        stop: asyncio.Event | None = None,
+        exit_when_idle: bool = False,
+        poll_s: float = 1.0,
+        run_token: str | None = None,
+    ) -> RunStats:
+        """Be a worker: run queued jobs of any batch in the work queue until ``stop`` is set (then
+        in-flight jobs finish) or, with ``exit_when_idle``, until no job is queued or running.
+        Cancel the task to give in-flight jobs back to the queue at once."""
+        return await self._drive(
+            None,
+            concurrency=concurrency,
+            stop=stop,
+            exit_when_idle=exit_when_idle,
+            poll_s=poll_s,
+            run_token=run_token,
+        )
+
+    async def _drive(
+        self,
+        batch_id: str | None,
+        *,
+        concurrency: int | None,
+        on_progress: Callable[[ProgressSnapshot], None] | None = None,
+        stop: asyncio.Event | None = None,
+        exit_when_idle: bool = True,
+        poll_s: float = 1.0,
+        run_token: str | None = None,
+    ) -> RunStats:
+        """One batch (``batch_id``) or, with ``None``, a worker over the whole work queue."""
         ceiling = concurrency or self.settings.concurrency
-        run_token = new_run_token()
+        run_token = run_token or new_run_token()
         LIVE_INSTANCES.add(run_token)
         loop = asyncio.get_running_loop()
         sqlite = self.jobs.engine.dialect.name == "sqlite"
@@ -260,18 +307,11 @@ class BatchEngine:
                     lease_s=self.lease_s,
                     on_progress=on_progress,
                     stop=stop or asyncio.Event(),
+                    exit_when_idle=exit_when_idle,
+                    poll_s=poll_s,
                 )
                 hook_slot.append(batch_run.on_client_event)
-                stats = await batch_run.execute()
-            summary: BatchSummary = await db(
-                self.summary,
-                batch_id,
-                run_elapsed_s=stats.elapsed_s,
-                run_jobs_finished=stats.jobs_finished,
-                run_images=stats.images,
-                interrupted=stats.interrupted,
-            )
-            return summary
+                return await batch_run.execute()
         finally:
             await accounting.gates.release_all()
             LIVE_INSTANCES.discard(run_token)

@@ -6,11 +6,17 @@ blocks another caller's rows. Each job runs as a task: key lookup, generation (t
 own retries apply), storage, preview, then one transaction that records the outcome under the
 job's lease. A stop request ends claiming and lets in-flight jobs finish; cancelling the run
 (a second Ctrl-C) gives in-flight jobs back to the queue.
+
+A run without a batch (``batch_id=None``) is a *worker* (``bananaline worker``): it claims jobs
+of any batch in the work queue, waits for more when the queue is empty (or ends, with
+``exit_when_idle``, once no job is queued or running anywhere), returns the jobs of dead workers
+to the queue as their leases expire, and rides out a lost database connection with backoff.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import math
 import time
@@ -19,6 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
+from sqlalchemy.exc import SQLAlchemyError
 
 from ..admission import CallerGate, CallerGates, CallerLimits, Reservation
 from ..delivery import store_result
@@ -37,6 +44,10 @@ log = get_logger("bananaline.batch")
 DbCall = Callable[..., Awaitable[Any]]
 #: How often a run waiting on a shared (cross-process) gate looks at the ledger again.
 SHARED_POLL_S = 0.25
+#: The shared cap of a caller with no concurrency limit in keys.toml (rpm and pauses still apply).
+UNLIMITED_SHARED_SLOTS = 1_000_000
+#: A worker that cannot reach the database waits this long, doubling up to the maximum.
+DB_BACKOFF_INITIAL_S, DB_BACKOFF_MAX_S = 0.5, 30.0
 #: The caller whose job the current task runs: lets the client's retry events reach its limiter.
 CURRENT_CALLER: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "bananaline_batch_caller", default=None
@@ -57,6 +68,10 @@ class JobAccounting:
         limits = self.keyring.limits_for(job_caller)
         ceiling = self.gates.default_concurrency  # a run's --concurrency caps every caller
         concurrency = min(limits.concurrency or ceiling, ceiling)
+        if limits.concurrency is None and self.gates.shared is not None:
+            # No limit of its own: each process's ceiling bounds it already (the dispatcher's
+            # count); in the shared ledger that ceiling would become every process's together.
+            concurrency = UNLIMITED_SHARED_SLOTS
         return self.gates.get(job_caller, CallerLimits(concurrency, limits.rpm))
 
     async def admit(self, job: ClaimedJob, gate: CallerGate) -> Reservation:
@@ -83,7 +98,7 @@ class BatchRun:
         *,
         jobs: JobStore,
         db: DbCall,
-        batch_id: str,
+        batch_id: str | None,
         keyring: KeyRing,
         client: ImageClient,
         store: ImageStore,
@@ -95,8 +110,15 @@ class BatchRun:
         lease_s: float,
         on_progress: Callable[[ProgressSnapshot], None] | None,
         stop: asyncio.Event,
+        exit_when_idle: bool = True,
+        poll_s: float = 1.0,
     ) -> None:
         self.jobs, self.db, self.batch_id = jobs, db, batch_id
+        #: A worker run: any batch of the work queue (``batch_id`` is ``None``).
+        self.worker = batch_id is None
+        self.exit_when_idle, self.poll_s = exit_when_idle, poll_s
+        self._db_backoff_s = 0.0
+        self._next_look_s = 0.0
         self.keyring, self.client, self.store = keyring, client, store
         self.accounting, self.ceiling = accounting, ceiling
         self.url_for_key, self.public = url_for_key, public
@@ -115,11 +137,13 @@ class BatchRun:
     # dispatch ------------------------------------------------------------------------------
 
     async def execute(self) -> RunStats:
-        counts = await self.db(self.jobs.job_counts, self.batch_id)
-        spent_usd, images = await self.db(self.jobs.spent_usd, self.batch_id)
-        self.progress = ProgressSnapshot.from_counts(counts, spent_usd=spent_usd, images=images)
-        self._report()
-        callers: set[str] = await self.db(self.jobs.queued_callers, self.batch_id)
+        callers: set[str] = set()
+        if self.batch_id is not None:
+            counts = await self.db(self.jobs.job_counts, self.batch_id)
+            spent_usd, images = await self.db(self.jobs.spent_usd, self.batch_id)
+            self.progress = ProgressSnapshot.from_counts(counts, spent_usd=spent_usd, images=images)
+            self._report()
+            callers = await self.db(self.jobs.queued_callers, self.batch_id)
         heartbeat = asyncio.create_task(self._heartbeat())
         stop_watch = asyncio.create_task(self._forward_stop())
         try:
@@ -155,22 +179,41 @@ class BatchRun:
         job_cap = ceiling + max(2, ceiling // 4)
         while not self.stop.is_set():
             self._wake.clear()
+            if self.worker and callers and time.monotonic() >= self._next_look_s:
+                # new batches (and callers) may have arrived while some callers wait on their limits
+                await self._look_for_work(callers, wait=False)
             if self.upstream_active >= ceiling or len(self.in_flight) >= job_cap:
                 await self._wake.wait()
                 continue
             delays: list[float] = []
-            started = False
+            started = look_again = False
             order = sorted(callers)
             self._turn = (self._turn + 1) % max(1, len(order))
             for caller in order[self._turn :] + order[: self._turn]:  # take turns between callers
                 gate = self.gate(caller)
-                wait_s = await gate.try_start()  # a slot and an rpm start, here or across processes
-                if wait_s > 0:
-                    delays.append(wait_s)
-                    continue
-                job = await self.db(
-                    self.jobs.claim, self.batch_id, [caller], run_token=self.run_token, lease_s=self.lease_s
-                )
+                slot_taken = False
+                try:
+                    wait_s = await gate.try_start()  # a slot and an rpm start, here or across processes
+                    if wait_s > 0:
+                        delays.append(wait_s)
+                        continue
+                    slot_taken = True
+                    job = await self.db(
+                        self.jobs.claim,
+                        self.batch_id,
+                        [caller],
+                        run_token=self.run_token,
+                        lease_s=self.lease_s,
+                    )
+                except SQLAlchemyError as exc:
+                    if slot_taken:
+                        gate.release()
+                    if not self.worker:
+                        raise
+                    await self._db_trouble("claim", exc)
+                    look_again = True  # after the backoff, from the top
+                    break
+                self._db_backoff_s = 0.0
                 if job is None:
                     gate.release()
                     callers.discard(caller)
@@ -178,7 +221,11 @@ class BatchRun:
                 self._start(job)
                 started = True
                 break
-            if started:
+            if started or look_again:
+                continue
+            if not callers and self.worker:
+                if not await self._look_for_work(callers, wait=True):
+                    return
                 continue
             if not callers:
                 if not self.in_flight:
@@ -192,13 +239,60 @@ class BatchRun:
             if self.accounting.gates.shared is not None:
                 # another process may free a slot without waking us: look again soon
                 timeout = min(timeout if timeout is not None else SHARED_POLL_S, SHARED_POLL_S)
+            if self.worker:
+                # a worker looks at the queue every poll_s, even while its callers wait
+                timeout = min(timeout if timeout is not None else self.poll_s, self.poll_s)
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout)
             except TimeoutError:
                 pass
 
+    async def _look_for_work(self, callers: set[str], *, wait: bool) -> bool:
+        """A worker's look at the whole queue (every ``poll_s``, and whenever it has no caller left
+        to claim for): the callers with queued jobs in any batch. With none and ``wait``, it waits
+        a poll interval (a finishing job or a stop wakes it sooner). ``False``: nothing is queued
+        or running anywhere and the worker was asked to exit when idle."""
+        self._next_look_s = time.monotonic() + self.poll_s
+        try:
+            callers.update(await self.db(self.jobs.queued_callers, None))
+            self._db_backoff_s = 0.0
+            if callers or not wait:
+                return True
+            if self.exit_when_idle and not self.in_flight and not await self.db(self.jobs.open_jobs, None):
+                return False
+        except SQLAlchemyError as exc:
+            await self._db_trouble("look_for_work", exc)
+            return True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), self.poll_s)
+        return True
+
+    async def _db_trouble(self, doing: str, exc: SQLAlchemyError) -> None:
+        """A worker lost its database: claim nothing, back off (doubling), then try again. Jobs in
+        flight keep going; a result whose lease was lost meanwhile is refused by ``finish``."""
+        self._db_backoff_s = min(DB_BACKOFF_MAX_S, max(DB_BACKOFF_INITIAL_S, self._db_backoff_s * 2))
+        log.warning(
+            "worker_db_unavailable",
+            worker=self.run_token,
+            doing=doing,
+            error=type(exc).__name__,
+            retry_in_s=self._db_backoff_s,
+        )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stop.wait(), self._db_backoff_s)
+
     def _start(self, job: ClaimedJob) -> None:
         """Run a claimed job; its caller's slot was taken by ``try_start``."""
+        if self.worker:
+            log.info(
+                "job_claimed",
+                worker=self.run_token,
+                batch=job.batch_id,
+                job=job.job_id,
+                row=job.row_index,
+                variant=job.variant,
+                caller=job.caller,
+            )
         self.upstream_active += 1
         task = asyncio.create_task(self._run_job(job), name=f"batch-job-{job.job_id}")
         self.in_flight[task] = job
@@ -214,7 +308,8 @@ class BatchRun:
             self.stats.unrecorded += 1
             log.warning(
                 "batch_job_unrecorded",
-                batch=self.batch_id,
+                worker=self.run_token,
+                batch=job.batch_id,
                 row=job.row_index,
                 variant=job.variant,
                 error=repr(task.exception()),
@@ -229,8 +324,21 @@ class BatchRun:
     async def _heartbeat(self) -> None:
         while True:
             await asyncio.sleep(self.lease_s / 3)
-            await self.db(self.jobs.renew, self.run_token, lease_s=self.lease_s)
-            await self.accounting.gates.renew()
+            if not self.worker:
+                await self.db(self.jobs.renew, self.run_token, lease_s=self.lease_s)
+                await self.accounting.gates.renew()
+                continue
+            try:
+                await self.db(self.jobs.renew, self.run_token, lease_s=self.lease_s)
+                await self.accounting.gates.renew()
+                # the jobs of a worker that died (SIGKILL, lost machine) go back to the queue
+                recovered = await self.db(self.jobs.recover, None)
+            except SQLAlchemyError as exc:
+                log.warning("worker_heartbeat_failed", worker=self.run_token, error=type(exc).__name__)
+                continue
+            if recovered:
+                log.info("jobs_recovered", worker=self.run_token, jobs=recovered)
+                self._wake.set()
 
     async def _abandon_in_flight(self) -> None:
         tasks = list(self.in_flight)
@@ -270,9 +378,20 @@ class BatchRun:
             self._free_slot(job)
             self._slot_freed.discard(job.job_id)
         try:
-            recorded = await self.db(self.jobs.finish, job.job_id, job.lease_id, outcome)
+            recorded = await self._record(job, outcome)
         finally:
             await asyncio.shield(self.accounting.settle(job, outcome, reservation))
+        if self.worker:
+            log.info(
+                "job_finished" if recorded else "job_lease_lost",
+                worker=self.run_token,
+                batch=job.batch_id,
+                job=job.job_id,
+                row=job.row_index,
+                variant=job.variant,
+                ok=outcome.ok,
+                error_kind=(outcome.error or {}).get("kind"),
+            )
         if not recorded:
             return
         self.stats.jobs_finished += 1
@@ -280,6 +399,34 @@ class BatchRun:
         self.progress.record(outcome.ok, images=len(outcome.images), cost_usd=outcome.cost_usd or 0.0)
         self.progress.in_flight = max(0, len(self.in_flight) - 1)  # this task is still listed
         self._report()
+
+    async def _record(self, job: ClaimedJob, outcome: JobOutcome) -> bool:
+        """Write the outcome under the job's lease. A worker keeps the result through a database
+        outage (a PostgreSQL restart) and retries with backoff for up to a lease: a result is never
+        recorded twice (``finish`` checks the lease), and a job whose lease ran out meanwhile went
+        back to the queue for another worker."""
+        if not self.worker:
+            recorded: bool = await self.db(self.jobs.finish, job.job_id, job.lease_id, outcome)
+            return recorded
+        give_up_at = time.monotonic() + self.lease_s
+        backoff_s = DB_BACKOFF_INITIAL_S
+        while True:
+            try:
+                recorded = await self.db(self.jobs.finish, job.job_id, job.lease_id, outcome)
+                return recorded
+            except SQLAlchemyError as exc:
+                if time.monotonic() + backoff_s > give_up_at:
+                    raise
+                log.warning(
+                    "job_record_retry",
+                    worker=self.run_token,
+                    batch=job.batch_id,
+                    job=job.job_id,
+                    error=type(exc).__name__,
+                    retry_in_s=backoff_s,
+                )
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(DB_BACKOFF_MAX_S, backoff_s * 2)
 
     async def _generate(self, job: ClaimedJob) -> JobOutcome:
         key = self.keyring.key_for(job.caller)
@@ -298,7 +445,7 @@ class BatchRun:
                 aspect_ratio=job.plan.get("aspect_ratio"),
                 image_size=job.plan.get("image_size"),
                 tags={
-                    "batch": self.batch_id,
+                    "batch": job.batch_id,
                     "row": str(job.row_index),
                     "variant": str(job.variant),
                     "caller": job.caller,
@@ -339,7 +486,7 @@ class BatchRun:
                 self.store,
                 url_for_key=self.url_for_key,
                 public=self.public,
-                batch=self.batch_id,
+                batch=job.batch_id,
                 row=job.row_index,
                 variant=job.variant,
             )

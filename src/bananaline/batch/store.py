@@ -8,6 +8,11 @@ Durability rules that make ``kill -9`` harmless:
   ``done``/``failed``, and only if the job still holds that lease;
 * on start, jobs left ``running`` by a runner that is gone go back to ``queued``: its lease
   expired (runners renew theirs), or it ran on this host and its process no longer exists.
+
+``batch_id=None`` (``claim``, ``queued_callers``, ``recover``, ``open_jobs``) means *the work
+queue*: the jobs of every batch that no service caller owns (``bananaline batch submit`` / ``batch
+run``), which any ``bananaline worker`` may run. A batch owned by a service caller is run by the
+service, under that caller's key, budget and usage, never by a worker.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, delete, func, insert, select, update
+from sqlalchemy import ColumnElement, Engine, delete, func, insert, literal_column, select, update
 
 from ..db.base import make_engine
 from ..db.migrate import upgrade
@@ -54,6 +59,7 @@ class ClaimedJob:
     variant: int
     caller: str
     plan: dict[str, Any]
+    batch_id: str
 
 
 @dataclass
@@ -87,6 +93,18 @@ def new_run_token() -> str:
 
 def _runner_gone(lease_owner: str | None) -> bool:
     return not lease_owner or known_gone(lease_owner)
+
+
+#: ``'queued'`` written into the statement, not bound: a plan cached for a prepared statement
+#: (psycopg prepares repeated statements) can then still use the partial index of queued jobs.
+_QUEUED_LITERAL: ColumnElement[str] = literal_column(f"'{QUEUED}'")
+
+
+def _in_scope(batch_id: str | None) -> ColumnElement[bool]:
+    """Jobs of one batch, or (``None``) of the work queue: every batch no service caller owns."""
+    if batch_id is not None:
+        return JobRecord.batch_id == batch_id
+    return JobRecord.batch_id.in_(select(BatchRecord.id).where(BatchRecord.owner.is_(None)))
 
 
 class JobStore:
@@ -208,13 +226,13 @@ class JobStore:
 
     # the run -------------------------------------------------------------------------------
 
-    def recover(self, batch_id: str, *, now: float | None = None) -> int:
+    def recover(self, batch_id: str | None, *, now: float | None = None) -> int:
         """Return to ``queued`` the running jobs whose runner is gone; how many."""
         now = time.time() if now is None else now
         with self.engine.begin() as conn:
             running = conn.execute(
                 select(JobRecord.id, JobRecord.lease_owner, JobRecord.lease_expires_at).where(
-                    JobRecord.batch_id == batch_id, JobRecord.status == RUNNING
+                    _in_scope(batch_id), JobRecord.status == RUNNING
                 )
             ).all()
             stale = [
@@ -243,20 +261,30 @@ class JobStore:
         with self.engine.connect() as conn:
             return [json.loads(plan) if plan else {} for plan in conn.execute(stmt).scalars()]
 
-    def queued_callers(self, batch_id: str) -> set[str]:
+    def queued_callers(self, batch_id: str | None) -> set[str]:
         with self.engine.connect() as conn:
             return set(
                 conn.execute(
-                    select(JobRecord.caller)
-                    .distinct()
-                    .where(JobRecord.batch_id == batch_id, JobRecord.status == QUEUED)
+                    select(JobRecord.caller).distinct().where(_in_scope(batch_id), JobRecord.status == QUEUED)
                 ).scalars()
             )
 
+    def open_jobs(self, batch_id: str | None) -> int:
+        """Jobs still to do: queued, or running (a running job comes back if its runner dies)."""
+        with self.engine.connect() as conn:
+            return int(
+                conn.execute(
+                    select(func.count())
+                    .select_from(JobRecord)
+                    .where(_in_scope(batch_id), JobRecord.status.in_((QUEUED, RUNNING)))
+                ).scalar_one()
+            )
+
     def claim(
-        self, batch_id: str, callers: Iterable[str], *, run_token: str, lease_s: float
+        self, batch_id: str | None, callers: Iterable[str], *, run_token: str, lease_s: float
     ) -> ClaimedJob | None:
-        """Take the first queued job of one of ``callers``; ``None`` when none is left."""
+        """Take the first queued job of one of ``callers`` (in ``batch_id``, or of any batch in the
+        work queue: the oldest first); ``None`` when none is left."""
         caller_list = sorted(set(callers))
         if not caller_list:
             return None
@@ -265,13 +293,25 @@ class JobStore:
             now = time.time()
             with self.engine.begin() as conn:
                 candidate = conn.execute(
-                    select(JobRecord.id, JobRecord.row_index, JobRecord.variant, JobRecord.caller)
+                    select(
+                        JobRecord.id,
+                        JobRecord.batch_id,
+                        JobRecord.row_index,
+                        JobRecord.variant,
+                        JobRecord.caller,
+                    )
                     .where(
-                        JobRecord.batch_id == batch_id,
-                        JobRecord.status == QUEUED,
+                        _in_scope(batch_id),
+                        JobRecord.status == _QUEUED_LITERAL,  # in the SQL text: the partial index applies
                         JobRecord.caller.in_(caller_list),
                     )
-                    .order_by(JobRecord.row_index, JobRecord.variant)
+                    .order_by(
+                        *(
+                            (JobRecord.row_index, JobRecord.variant)
+                            if batch_id is not None
+                            else (JobRecord.id,)
+                        )
+                    )
                     .limit(1)
                     .with_for_update(skip_locked=True)
                 ).first()
@@ -293,7 +333,7 @@ class JobStore:
                     continue
                 plan_json = conn.execute(
                     select(RowRecord.plan_json).where(
-                        RowRecord.batch_id == batch_id, RowRecord.row_index == candidate.row_index
+                        RowRecord.batch_id == candidate.batch_id, RowRecord.row_index == candidate.row_index
                     )
                 ).scalar_one()
             return ClaimedJob(
@@ -303,6 +343,7 @@ class JobStore:
                 candidate.variant,
                 candidate.caller,
                 json.loads(plan_json) if plan_json else {},
+                candidate.batch_id,
             )
         return None
 
