@@ -10,6 +10,7 @@ from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parents[1] / "bench"
 
+
 def run_bench(script: str, *args: str) -> tuple[str, dict]:
     completed = subprocess.run(
         [sys.executable, str(BENCH_DIR / script), *args, "--not-realistic", "--json"],

@@ -71,7 +71,9 @@ async def store_result(
     stored_images: list[StoredImage | None] = []
     for image in result.images:
         try:
-            stored = await store.put_image(image.data, mime=image.mime, metadata=metadata, sha256=image.sha256)
+            stored = await store.put_image(
+                image.data, mime=image.mime, metadata=metadata, sha256=image.sha256
+            )
         except GenerationError as error:
             if not skip_failed:
                 raise

@@ -318,6 +318,7 @@ class GenerationError(Exception):
             "message_zh": self.message_zh,
         }
 
+
 def default_retryable(kind: ErrorKind, detail: str | None) -> bool:
     if kind is ErrorKind.FINISH_REASON:
         return (detail or "").upper() in RETRYABLE_FINISH_REASONS

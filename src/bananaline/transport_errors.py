@@ -32,7 +32,6 @@ _ZERO_LIMIT_RE = re.compile(r"(?i)\blimit:\s*0(?![0-9.])")
 _MODEL_IN_MESSAGE_RE = re.compile(r"(?i)\bmodel:\s*([A-Za-z0-9._/-]+)")
 
 
-
 def parse_retry_after(value: str | None) -> float | None:
     """``Retry-After`` is either delta-seconds or an HTTP date."""
     if not value:

@@ -341,8 +341,11 @@ def test_two_data_uris_and_an_escaped_slash_in_one_string():
     other = random.Random(12).randbytes(100_000)
     other_b64 = base64.b64encode(other).replace(b"/", b"\\/")  # \/ inside the payload too
     body = (
-        b'{"c":"one ![a](data:image\\/png;base64,' + B64 + b")\\ntwo ![b](data:image\\/jpeg;base64,"
-        + other_b64 + b') three"}'
+        b'{"c":"one ![a](data:image\\/png;base64,'
+        + B64
+        + b")\\ntwo ![b](data:image\\/jpeg;base64,"
+        + other_b64
+        + b') three"}'
     )
     for size in (3, 65536):
         blobs = BlobExtractor(data_uris=True)

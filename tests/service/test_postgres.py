@@ -29,7 +29,6 @@ from .test_batches_api import wait_complete
 pytestmark = pytest.mark.postgres
 
 
-
 @pytest.fixture(scope="module")
 def pg_schema() -> Iterator[tuple[str, str]]:
     """(db_url, schema): a fresh schema on the local server, dropped at the end."""
@@ -107,10 +106,14 @@ def test_callers_generate_poll_usage_and_isolation_on_postgres(pg_service, pg_sc
     engine = make_engine(db_url)
     try:
         with engine.connect() as conn:
-            table_names = conn.execute(
-                text("select table_name from information_schema.tables where table_schema = :s"),
-                {"s": schema},
-            ).scalars().all()
+            table_names = (
+                conn.execute(
+                    text("select table_name from information_schema.tables where table_schema = :s"),
+                    {"s": schema},
+                )
+                .scalars()
+                .all()
+            )
             assert {"service_callers", "service_tokens", "service_tasks", "batch_jobs"} <= set(table_names)
             dump = "\n".join(
                 str(row[0])

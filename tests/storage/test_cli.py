@@ -67,6 +67,10 @@ def test_flush_reports_counts(tmp_path: Path, moto_endpoint: str) -> None:
     flush = runner.invoke(app, ["flush", "--store", "file://./recovered", "--all", "--json"], env=env)
     assert flush.exit_code == 0, flush.output
     assert json.loads(flush.stdout) | {"errors": []} == {
-        "uploaded": 1, "failed": 0, "remaining": 0, "skipped_other_store": 0, "errors": []
+        "uploaded": 1,
+        "failed": 0,
+        "remaining": 0,
+        "skipped_other_store": 0,
+        "errors": [],
     }
     assert len(list((tmp_path / "recovered").rglob("*.png"))) == 1

@@ -28,7 +28,9 @@ def test_s3_url_defaults_and_options() -> None:
     assert (loc.scheme, loc.bucket, loc.prefix, loc.region) == ("s3", "bucket", "a/b", "us-east-1")
     assert loc.endpoint == "http://127.0.0.1:9000" and loc.virtual_host is False and loc.presign is None
     assert parse_store_url("s3://bucket?region=eu-west-1&presign=true").region == "eu-west-1"
-    assert parse_store_url("s3://bucket?endpoint=minio.internal:9000").endpoint == "https://minio.internal:9000"
+    assert (
+        parse_store_url("s3://bucket?endpoint=minio.internal:9000").endpoint == "https://minio.internal:9000"
+    )
 
 
 def test_oss_url_configuration() -> None:
@@ -76,7 +78,9 @@ def test_credentials_in_the_url_are_refused_without_echoing_them(url: str, tmp_p
 
 
 def test_redacted_store_url() -> None:
-    assert redacted_store_url(f"s3://AKID:{SECRET_ACCESS_KEY}@bucket/p?region=x") == "s3://***@bucket/p?region=x"
+    assert (
+        redacted_store_url(f"s3://AKID:{SECRET_ACCESS_KEY}@bucket/p?region=x") == "s3://***@bucket/p?region=x"
+    )
     shown = redacted_store_url(f"s3://bucket/p?secret_access_key={SECRET_ACCESS_KEY}&region=x")
     assert SECRET_ACCESS_KEY not in shown and "region=x" in shown
     assert redacted_store_url("file://./data/images") == "file://./data/images"
@@ -87,9 +91,12 @@ def test_credential_lookup_order(tmp_path: Path) -> None:
     oss = parse_store_url("oss://b?endpoint=e")
     bare = make_settings(tmp_path, s3_access_key_id=None, s3_secret_access_key=None)
     env = {
-        "AWS_ACCESS_KEY_ID": "AKIDFROMENV", "AWS_SECRET_ACCESS_KEY": "env-secret-123",
-        "OSS_ACCESS_KEY_ID": "LTAIoss", "OSS_ACCESS_KEY_SECRET": "oss-secret-123",
-        "ALIBABA_CLOUD_ACCESS_KEY_ID": "LTAIali", "ALIBABA_CLOUD_ACCESS_KEY_SECRET": "ali-secret-123",
+        "AWS_ACCESS_KEY_ID": "AKIDFROMENV",
+        "AWS_SECRET_ACCESS_KEY": "env-secret-123",
+        "OSS_ACCESS_KEY_ID": "LTAIoss",
+        "OSS_ACCESS_KEY_SECRET": "oss-secret-123",
+        "ALIBABA_CLOUD_ACCESS_KEY_ID": "LTAIali",
+        "ALIBABA_CLOUD_ACCESS_KEY_SECRET": "ali-secret-123",
     }
     assert resolve_credentials(s3, bare, env).access_key_id == "AKIDFROMENV"
     assert resolve_credentials(s3, make_settings(tmp_path), env).source == "settings"
@@ -135,8 +142,8 @@ async def test_oss_urls_default_custom_domain_and_presigned(tmp_path: Path) -> N
     assert await cdn.url_for(key) == f"https://img.example.cn/{key}"
 
     private = ImageStore.from_url(
-        "oss://pics/gen?endpoint=oss-cn-beijing.aliyuncs.com&presign=true", settings=settings.model_copy(
-            update={"presign_expiry_s": 3600})
+        "oss://pics/gen?endpoint=oss-cn-beijing.aliyuncs.com&presign=true",
+        settings=settings.model_copy(update={"presign_expiry_s": 3600}),
     )
     url = await private.url_for(key)
     assert url is not None and url.startswith(f"https://pics.oss-cn-beijing.aliyuncs.com/{key}?")

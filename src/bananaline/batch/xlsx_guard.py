@@ -39,9 +39,7 @@ _PREFIX = rb"<(?:[A-Za-z_][\w.-]*:)?"
 #: A cell's start tag as every spreadsheet writer writes it: no prefix, ``r`` first, in double
 #: quotes, upper case, then attributes without a prefix, a second ``r`` or ``<>`` in their values.
 #: When every cell tag of a sheet is plain, their ``r`` bound the sheet; otherwise the exact pass.
-_PLAIN_CELL = re.compile(
-    rb'<c r="([A-Z]{1,3})([0-9]{1,7})"(?: (?!r=)[A-Za-z_][\w.-]*="[^"<>]*")*\s*/?>'
-)
+_PLAIN_CELL = re.compile(rb'<c r="([A-Z]{1,3})([0-9]{1,7})"(?: (?!r=)[A-Za-z_][\w.-]*="[^"<>]*")*\s*/?>')
 #: Every way a cell's start tag can begin (``<c`` or ``<prefix:c``, then a space, ``>`` or ``/``):
 #: counted with ``bytes.count``; text that happens to look like one only costs the exact pass.
 _CELL_TAG_STARTS = tuple(
@@ -97,9 +95,7 @@ def _xml_members(archive: zipfile.ZipFile, limits: SheetLimits) -> dict[str, zip
             )
         total += size
         if total > limits.max_xlsx_xml_bytes:
-            raise SheetTooLarge(
-                f"the XLSX's XML inflates to more than {limits.max_xlsx_xml_bytes:,} bytes"
-            )
+            raise SheetTooLarge(f"the XLSX's XML inflates to more than {limits.max_xlsx_xml_bytes:,} bytes")
         members[name] = info
     return members
 

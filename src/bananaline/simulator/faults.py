@@ -217,8 +217,7 @@ REFUSALS: dict[tuple[str, str], str] = {
         "cutoff, so I can't create an accurate image of it."
     ),
     ("knowledge_cutoff", "zh"): (
-        "抱歉，我没有关于该事件的信息，它发生在我的知识截止日期之后，"
-        "因此无法准确生成相关图片。"
+        "抱歉，我没有关于该事件的信息，它发生在我的知识截止日期之后，因此无法准确生成相关图片。"
     ),
     ("general", "en"): "I'm unable to create that image. Please try rephrasing your request.",
     ("general", "zh"): "抱歉，我无法生成这张图片。请尝试换一种方式描述你的需求。",

@@ -77,13 +77,21 @@ def resolve_credentials(
     Candidate = tuple[str, str | None, str | None, str | None]
 
     def from_env(prefix: str, secret_name: str, token_name: str) -> Candidate:
-        return (f"{prefix}_*", env.get(f"{prefix}_ACCESS_KEY_ID"), env.get(f"{prefix}_{secret_name}"),
-                env.get(token_name))
+        return (
+            f"{prefix}_*",
+            env.get(f"{prefix}_ACCESS_KEY_ID"),
+            env.get(f"{prefix}_{secret_name}"),
+            env.get(token_name),
+        )
 
     if location.scheme == "s3":
         candidates: list[Candidate] = [
-            ("settings", _secret(settings.s3_access_key_id), _secret(settings.s3_secret_access_key),
-             _secret(settings.s3_session_token)),
+            (
+                "settings",
+                _secret(settings.s3_access_key_id),
+                _secret(settings.s3_secret_access_key),
+                _secret(settings.s3_session_token),
+            ),
             from_env("AWS", "SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"),
         ]
     elif location.scheme == "oss":

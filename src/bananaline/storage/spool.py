@@ -39,7 +39,6 @@ class SpoolEntry:
         return self.image_path.read_bytes()
 
 
-
 def _write_synced(path: Path, payload: bytes) -> None:
     with open(path, "wb") as handle:
         handle.write(payload)

@@ -143,7 +143,9 @@ def parse_store_url(url: str, *, public_base_url: str | None = None) -> StoreLoc
     endpoint = options.get("endpoint")
     if scheme == "oss":
         if not endpoint:
-            raise _invalid("oss store URLs need ?endpoint=, e.g. oss://bucket/prefix?endpoint=oss-cn-beijing.aliyuncs.com")
+            raise _invalid(
+                "oss store URLs need ?endpoint=, e.g. oss://bucket/prefix?endpoint=oss-cn-beijing.aliyuncs.com"
+            )
         return StoreLocation(
             scheme="oss",
             bucket=bucket,

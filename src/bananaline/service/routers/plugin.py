@@ -422,8 +422,7 @@ async def generate_image(
     "/v1/tasks/{task_id}",
     operation_id="get_task",
     summary=GET_TASK_SUMMARY,
-    description=GET_TASK_SUMMARY
-    + " 返回与 generate_image 相同的结构。Same shape as generate_image.",
+    description=GET_TASK_SUMMARY + " 返回与 generate_image 相同的结构。Same shape as generate_image.",
     response_model=PluginResponse,
     responses={
         404: {"model": PluginResponse, "description": "unknown task, or another caller's / 任务不存在"}
