@@ -14,8 +14,9 @@ rpm is a moving 60 s window (``limits``' moving-window strategy: at most ``rpm``
 minute). Concurrency backs off on 429s (AIMD): halved at most once per cool-down plus a pause
 for the upstream's Retry-After, then one slot back per round of successes. Budget: a reservation
 is taken at admission and released only after the spend is written, so concurrent requests can
-never all squeeze under the same remaining budget. Limits are per process; with several worker
-processes an operator divides them (README).
+never all squeeze under the same remaining budget. A gate given a :class:`Shared` ledger keeps
+all of this in the database instead, so the limits hold across every process on it
+(``admission.ledger``); without one they are this process's.
 """
 
 from __future__ import annotations
