@@ -52,7 +52,7 @@ def test_batch_4k_rss_reports_the_engine() -> None:
     table, figures = run_bench(
         "bench_batch_4k_rss.py", "--rows", "3", "--concurrency", "3", "--latency", "0.5"
     )
-    assert "< 1500 MB" in table
+    assert "< 1000 MB" in table
     data = figures["sides"]["bananaline"]
     assert data["rows_done"] == 3
     assert data["simulator_max_in_flight"] == 3
