@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 from .. import catalog
 from ..errors import ErrorKind, GenerationError
@@ -41,6 +42,17 @@ class Plan:
     @property
     def warnings(self) -> tuple[str, ...]:
         return self.resolved.warnings
+
+    def request_fields(self) -> dict[str, Any]:
+        """What a stored batch row keeps of the request (the runner rebuilds it from these)."""
+        request = self.request
+        return {
+            "prompt": request.prompt,
+            "references": list(request.references),
+            "model": request.model,
+            "aspect_ratio": request.aspect_ratio,
+            "image_size": request.image_size,
+        }
 
 
 def plan_request(

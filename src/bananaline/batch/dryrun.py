@@ -13,11 +13,11 @@ from pathlib import Path
 
 import httpx
 
-from .. import catalog
 from ..config import Settings
 from ..errors import ErrorKind, GenerationError
 from ..references import load_references
 from .columns import ColumnConfig, RowPlanner
+from .engine import admit_row
 from .keys import KeyRing
 
 
@@ -79,9 +79,7 @@ async def dry_run(
             try:
                 if plan.error is not None:
                     raise plan.error
-                resolved = catalog.validate(
-                    plan.model or settings.model, plan.aspect_ratio, plan.image_size, len(plan.references)
-                )
+                admitted = admit_row(plan, remote=False)
                 if keyring.key_for(plan.caller) is None:
                     message, message_zh = keyring.explain_missing(plan.caller)
                     raise GenerationError(ErrorKind.NO_API_KEY, message=message, message_zh=message_zh)
@@ -90,7 +88,7 @@ async def dry_run(
                 row.error_kind, row.error = error.kind.value, error.message
                 return row
             row.ok = True
-            row.cost_usd = float(resolved.price_usd) * plan.n
+            row.cost_usd = admitted.reserve_usd
             return row
 
         checked = await asyncio.gather(*(check(i, cells) for i, cells in enumerate(rows)))

@@ -25,12 +25,15 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 
-from ..admission import CallerGates, GateLedger, Shared
+from ..admission import CallerGates, GateLedger, Plan, Shared, plan_request
 from ..config import Settings
+from ..errors import ErrorKind, GenerationError
 from ..instances import LIVE_INSTANCES
-from .columns import ColumnConfig, RowPlanner
+from ..types import GenerationRequest
+from .columns import ColumnConfig, RowPlan, RowPlanner
 from .keys import KeyRing
 from .progress import ProgressSnapshot
 from .report import BatchSummary, summarize
@@ -61,6 +64,19 @@ def header_of(rows: list[dict[str, str]]) -> list[str]:
             if name not in header:
                 header.append(name)
     return header
+
+
+def admit_row(row_plan: RowPlan, *, remote: bool) -> Plan:
+    """A planned row through the one admission path (``plan_request``): the catalog checks, the
+    reference policy and the price, once, when the batch is created. The stored plan holds what
+    will be sent (canonical model, normalised ratio and size). Raises ``GenerationError``."""
+    try:
+        request = GenerationRequest(**row_plan.request_fields())
+    except ValidationError as exc:
+        raise GenerationError(
+            ErrorKind.INVALID_INPUT, detail="row", message=f"invalid row: {exc}", request_sent=False
+        ) from None
+    return plan_request(request, n=row_plan.n, remote=remote)
 
 
 def batch_id_for(
@@ -147,14 +163,20 @@ class BatchEngine:
             )
         new_rows = []
         for cells in rows:
-            plan = planner.plan(cells)
+            row_plan = planner.plan(cells)
+            fields, error = None, row_plan.error
+            if error is None:
+                try:
+                    fields = admit_row(row_plan, remote=not allow_local_refs).request_fields()
+                except GenerationError as refusal:
+                    error = refusal
             new_rows.append(
                 NewRow(
                     cells={name: cells.get(name, "") for name in header},
-                    caller=plan.caller,
-                    n=plan.n,
-                    plan=plan.request_fields() if plan.error is None else None,
-                    plan_error=plan.error.to_dict() if plan.error is not None else None,
+                    caller=row_plan.caller,
+                    n=row_plan.n,
+                    plan=fields,
+                    plan_error=error.to_dict() if error is not None else None,
                 )
             )
         try:
