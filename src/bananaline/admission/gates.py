@@ -7,8 +7,11 @@ own). Two ways in, one set of counters:
 * a request door (plugin, gateway, MCP) calls :meth:`CallerGate.take_request` when it admits a
   request — over the rpm limit it is refused at once with ``rate_limited`` and a Retry-After —
   then holds :meth:`CallerGate.slot` around the upstream call, waiting for a free slot;
-* the batch dispatcher asks :meth:`CallerGate.ready_in_s` and claims a row only when it is 0,
-  then :meth:`CallerGate.acquire` (slot and rpm together) and :meth:`CallerGate.release`.
+* the batch dispatcher calls :meth:`CallerGate.try_start` (a slot and an rpm start together, or
+  how long to wait) before it claims a row, and :meth:`CallerGate.release` when the row's
+  upstream call is over.
+
+Both report each upstream answer with :meth:`CallerGate.observe`.
 
 rpm is a moving 60 s window (``limits``' moving-window strategy: at most ``rpm`` starts in any
 minute). Concurrency backs off on 429s (AIMD): halved at most once per cool-down plus a pause
@@ -36,6 +39,7 @@ from limits.strategies import MovingWindowRateLimiter
 from ..errors import ErrorKind, GenerationError
 
 if TYPE_CHECKING:
+    from ..types import GenerationResult
     from .ledger import GateLedger
 
 Clock = Callable[[], float]
@@ -99,7 +103,6 @@ class CallerGate:
         self.in_flight = 0
         self.reserved_usd = 0.0
         self.paused_until = 0.0
-        self.rate_limited_count = 0
         self._last_cut = -math.inf
         self._listeners: list[Callable[[], None]] = []
         self._changed = asyncio.Event()
@@ -189,10 +192,9 @@ class CallerGate:
                 break
             if self._shared is not None:
                 wait_s = min(wait_s, 0.2)
-            changed = self._event()
-            changed.clear()
+            self._changed.clear()
             try:
-                await asyncio.wait_for(changed.wait(), None if wait_s == math.inf else wait_s)
+                await asyncio.wait_for(self._changed.wait(), None if wait_s == math.inf else wait_s)
             except TimeoutError:
                 pass
         try:
@@ -235,6 +237,14 @@ class CallerGate:
 
     # --- upstream feedback (AIMD) -------------------------------------------------------------
 
+    def observe(self, result: GenerationResult) -> None:
+        """What every door reports after an upstream answer: a 429 slows the caller down, a
+        success lets it speed up again."""
+        if result.error is not None and result.error.kind is ErrorKind.RATE_LIMITED:
+            self.on_rate_limited(result.error.retry_after_s)
+        elif result.ok:
+            self.on_success()
+
     def on_success(self) -> None:
         if self._shared is not None and self.effective < self.max_concurrency:
             self._in_background(
@@ -250,7 +260,6 @@ class CallerGate:
     def on_rate_limited(self, retry_after_s: float | None = None) -> None:
         """Multiplicative decrease, once per cool-down (a burst of 429s is one signal), and a pause."""
         now = self._clock()
-        self.rate_limited_count += 1
         if self._shared is not None:
             self._in_background(
                 self._shared.ledger.feedback,
@@ -329,9 +338,6 @@ class CallerGate:
         if listener in self._listeners:
             self._listeners.remove(listener)
 
-    def _event(self) -> asyncio.Event:
-        return self._changed
-
     def _notify(self) -> None:
         self._changed.set()
         for listener in list(self._listeners):
@@ -339,41 +345,37 @@ class CallerGate:
 
 
 class CallerGates:
-    """Every caller's gate in this process, made on first use from ``limits_for(key)``."""
+    """Every caller's gate in this process, made on first use."""
 
     def __init__(
         self,
-        limits_for: Callable[[str], CallerLimits] | None = None,
         *,
         default_concurrency: int = 4,
         shared: Shared | None = None,
         clock: Clock = time.monotonic,
     ) -> None:
-        self._limits_for = limits_for or (lambda key: CallerLimits())
         self.shared = shared
         self.default_concurrency = default_concurrency
         self._clock = clock
         self._window = MovingWindowRateLimiter(MemoryStorage())
         self._gates: dict[str, CallerGate] = {}
 
-    def get(self, key: str, limits: CallerLimits | None = None) -> CallerGate:
-        """The gate of ``key``; ``limits`` (when given) are the caller's current limits."""
+    def get(self, key: str, limits: CallerLimits) -> CallerGate:
+        """The gate of ``key`` with the caller's current ``limits``."""
         gate = self._gates.get(key)
         if gate is None:
             gate = CallerGate(
                 key,
-                limits if limits is not None else self._limits_for(key),
+                limits,
                 default_concurrency=self.default_concurrency,
                 window=self._window,
                 shared=self.shared,
                 clock=self._clock,
             )
             self._gates[key] = gate
-        elif limits is not None:
+        else:
             gate.update(limits)
         return gate
-
-    __getitem__ = get
 
     async def renew(self) -> None:
         """Keep this process's slots and reservations leased (call every ``lease_s / 3``)."""
@@ -384,6 +386,3 @@ class CallerGates:
         """A clean stop: whatever this process still holds goes back at once."""
         if self.shared is not None:
             await asyncio.to_thread(self.shared.ledger.release_holder, self.shared.holder)
-
-    def __iter__(self):  # type: ignore[no-untyped-def]
-        return iter(self._gates.values())

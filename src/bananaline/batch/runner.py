@@ -464,11 +464,7 @@ class BatchRun:
             )
         finally:
             CURRENT_CALLER.reset(token)
-        limiter = self.gate(job.caller)
-        if result.error is not None and result.error.kind is ErrorKind.RATE_LIMITED:
-            limiter.on_rate_limited(result.error.retry_after_s)
-        elif result.ok:
-            limiter.on_success()
+        self.gate(job.caller).observe(result)
         outcome = JobOutcome(
             ok=result.ok,
             attempts=result.attempts,

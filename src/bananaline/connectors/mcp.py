@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
 import mcp_types as types
@@ -47,24 +47,20 @@ from ..imaging import reencode
 from ..logs import get_logger
 from ..service.auth import Principal
 from ..service.deps import AppState, files_base_url, get_state, require_caller
-from ..service.generation import files_url
+from ..service.generation import build_request
 from ..service.http_errors import ServiceError, render
 from ..service.routers.plugin import (
     PluginResponse,
-    build_request,
     find_task,
     start_plugin_task,
     wait_for,
 )
-from ..types import MIME_EXTENSIONS, GeneratedImage, GenerationResult
+from ..types import GeneratedImage, GenerationResult
 
 log = get_logger("bananaline.mcp")
 
 MCP_PATH = "/mcp"
 SOURCE = "mcp"
-#: Stands in for the service's base URL on stdio without ``public_base_url``: no server serves
-#: ``/files/…`` there, so these links are turned into the local store's ``file://`` URLs.
-LOCAL_FILES_BASE = "http://bananaline-local.invalid"
 #: Images up to this size go to the client as they are; larger ones as a preview (long edge
 #: ``PREVIEW_LONG_EDGE_PX``, JPEG or PNG), which is what a model can look at anyway. The full image is
 #: at the answer's URL. (The official client refuses an SSE event over 1 MiB by default.)
@@ -156,7 +152,8 @@ class DoorCall:
 
     state: AppState
     principal: Principal
-    files_base: str
+    #: Base of ``/files/…`` links; ``None``: no server serves them, the store's own URLs are used.
+    files_base: str | None
     #: stdio: the user is on this machine (paths allowed, ``file://`` links to a local store).
     local: bool
 
@@ -207,18 +204,15 @@ async def _generate(call: DoorCall, args: GenerateArgs) -> types.CallToolResult:
     state = call.state
     references = [_local_reference(text) for text in args.references] if call.local else args.references
     request = build_request(
-        state.settings.model,
         prompt=args.prompt,
         references=references,
-        model=args.model,
+        model=args.model.strip() or state.settings.model,
         aspect_ratio=args.aspect_ratio,
         image_size=args.size,
     )
     made: list[GeneratedImage] = []
 
     async def on_result(result: GenerationResult) -> None:
-        if call.local:
-            _localise_links(result, state)
         made[:] = [image for image in result.images if image.url]
 
     answer = await start_plugin_task(
@@ -238,7 +232,7 @@ async def _generate(call: DoorCall, args: GenerateArgs) -> types.CallToolResult:
 async def _get_task(call: DoorCall, args: TaskArgs) -> types.CallToolResult:
     record = await find_task(call.state, args.task_id, call.principal)
     answer = PluginResponse.from_task(record)
-    images = await _stored_images(answer, call) if answer.status == "done" else []
+    images = await _stored_images(record.id, call) if answer.status == "done" else []
     return _result(answer, await _image_blocks(images, call.state.settings))
 
 
@@ -273,31 +267,18 @@ async def _image_blocks(images: list[tuple[bytes, str]], settings: Settings) -> 
     return blocks
 
 
-async def _stored_images(answer: PluginResponse, call: DoorCall) -> list[tuple[bytes, str]]:
-    """A finished task's images, read back from this service's store when its links point there."""
+async def _stored_images(task_id: str, call: DoorCall) -> list[tuple[bytes, str]]:
+    """A finished task's images, read back from the store by the keys its usage recorded."""
     store = call.state.store
     if store is None:
         return []
-    prefixes = [files_url(call.files_base, "")]
-    if store.local_root is not None:
-        prefixes.append(store.local_root.as_uri().rstrip("/") + "/")
     images = []
-    for url in answer.urls:
-        prefix = next((p for p in prefixes if url.startswith(p)), None)
-        if prefix is None:
-            continue
-        key = unquote(url[len(prefix) :].split("?", 1)[0])
+    for key, mime in await asyncio.to_thread(call.state.usage.task_files, task_id):
         try:
-            data = await store.read(key)
+            images.append((await store.read(key), mime))
         except (FileNotFoundError, GenerationError, ValueError):
-            continue
-        images.append((data, _mime_of(key)))
+            continue  # still in the spool, or gone: the answer's links say the rest
     return images
-
-
-def _mime_of(key: str) -> str:
-    extension = key.rsplit(".", 1)[-1].lower()
-    return next((mime for mime, ext in MIME_EXTENSIONS.items() if ext == extension), "image/png")
 
 
 def _local_reference(text: str) -> str:
@@ -305,19 +286,6 @@ def _local_reference(text: str) -> str:
     if text[:7].lower() == "file://":
         return url2pathname(urlsplit(text).path)
     return text
-
-
-def _localise_links(result: GenerationResult, state: AppState) -> None:
-    """stdio without ``public_base_url``: the ``/files/…`` links no server serves become the local
-    store's ``file://`` URLs."""
-    root = state.store.local_root if state.store is not None else None
-    prefix = files_url(LOCAL_FILES_BASE, "")
-    for image in result.images:
-        for field in ("url", "thumbnail_url", "compressed_url"):
-            link = getattr(image, field)
-            if isinstance(link, str) and link.startswith(prefix):
-                key = unquote(link[len(prefix) :])
-                setattr(image, field, (root / key).as_uri() if root is not None else None)
 
 
 def _version() -> str:
@@ -342,7 +310,8 @@ async def serve_stdio(settings: Settings) -> None:
         call = DoorCall(
             state=state,
             principal=Principal(caller=None, upstream_key=settings.api_key, own_key=False),
-            files_base=settings.public_base_url.rstrip("/") if settings.public_base_url else LOCAL_FILES_BASE,
+            # no server answers /files/ here: without a public base the store's own (file://) links
+            files_base=settings.public_base_url.rstrip("/") if settings.public_base_url else None,
             local=True,
         )
 

@@ -37,7 +37,8 @@ def _keyring(state: AppState, caller: Caller) -> KeyRing:
 
 
 def _plan_price_usd(plan: dict[str, object]) -> float:
-    return estimate_usd(str(plan.get("model") or ""), plan.get("image_size"))  # type: ignore[arg-type]
+    size = plan.get("image_size")
+    return estimate_usd(str(plan.get("model") or ""), size if isinstance(size, str) else None)
 
 
 def pending_estimate_usd(state: AppState, batch_id: str) -> float:
@@ -57,10 +58,7 @@ class CallerAccounting(JobAccounting):
         return self.state.generation.gate_for(self.caller)
 
     async def admit(self, job: ClaimedJob, gate: CallerGate) -> Reservation:
-        if self.caller.budget_usd is None:
-            return Reservation()
-        spent = await asyncio.to_thread(self.state.usage.spent_usd, self.caller.id)
-        return await gate.reserve(spent, _plan_price_usd(job.plan))
+        return await self.state.generation.reserve_budget(self.caller, _plan_price_usd(job.plan))
 
     async def settle(self, job: ClaimedJob, outcome: JobOutcome, reservation: Reservation) -> None:
         try:
@@ -91,8 +89,7 @@ async def check_budget(state: AppState, caller: Caller, batch_id: str) -> None:
     if caller.budget_usd is None:
         return
     estimate = await asyncio.to_thread(pending_estimate_usd, state, batch_id)
-    spent = await asyncio.to_thread(state.usage.spent_usd, caller.id)
-    await state.generation.gate_for(caller).check_budget(spent, estimate)
+    await state.generation.check_budget(caller, estimate)
 
 
 def start_run(state: AppState, caller: Caller, batch_id: str, *, files_base_url: str) -> bool:

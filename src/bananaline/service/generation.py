@@ -11,10 +11,12 @@ before anything is sent upstream; ``run`` does the upstream work and may outlive
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, unquote
+
+from pydantic import ValidationError
 
 from ..admission import CallerGate, CallerGates, CallerLimits, Plan, Reservation, plan_request
 from ..client import ImageClient
@@ -25,12 +27,11 @@ from ..logs import get_logger
 from ..storage import ImageStore
 from ..types import GenerationRequest, GenerationResult
 from .auth import Caller, Principal
+from .http_errors import ServiceError
 from .metrics import ServiceMetrics
 from .usage import FileRecord, UsageRecord, UsageRepository
 
 log = get_logger("bananaline.service")
-
-ANONYMOUS = "anonymous"
 
 
 @dataclass
@@ -45,6 +46,34 @@ class Admission:
     @property
     def request(self) -> GenerationRequest:
         return self.plan.request
+
+
+def build_request(
+    *,
+    prompt: str,
+    references: Sequence[str],
+    model: str,
+    aspect_ratio: str | None,
+    image_size: str | None,
+    status: int = 422,
+) -> GenerationRequest:
+    """A door's fields as a :class:`GenerationRequest` (every door builds it here); a shape problem
+    is ``invalid_input`` with ``status`` (422 for the plugin and MCP, 400 in the SDK gateways)."""
+    try:
+        return GenerationRequest(
+            prompt=prompt,
+            references=tuple(references),
+            model=model,
+            aspect_ratio=aspect_ratio or None,
+            image_size=image_size or None,
+        )
+    except ValidationError as exc:
+        problems = "; ".join(str(error["msg"]) for error in exc.errors())
+        if not prompt.strip():
+            problems = "the request has no text prompt"
+        raise ServiceError(
+            status, ErrorKind.INVALID_INPUT.value, f"invalid request: {problems}", f"请求参数无效：{problems}"
+        ) from None
 
 
 def limits_of(caller: Caller) -> CallerLimits:
@@ -72,10 +101,11 @@ class GenerationService:
         """The caller's one gate in this process, with its current limits."""
         return self.gates.get(caller.id, limits_of(caller))
 
-    def links(self, files_base_url: str) -> Callable[[str], str] | None:
+    def links(self, files_base_url: str | None) -> Callable[[str], str] | None:
         """The one rule for the links the service hands out (and stores): a ``file://`` store is
-        served by this app under ``/files/…``; any other store knows its own public URLs."""
-        if self.store is None or self.store.local_root is None:
+        served by this app under ``/files/…``; any other store — or no HTTP server at all
+        (``files_base_url=None``: the stdio MCP door) — gives its own URLs."""
+        if self.store is None or self.store.local_root is None or files_base_url is None:
             return None
         return lambda key: files_url(files_base_url, key)
 
@@ -104,8 +134,7 @@ class GenerationService:
             if caller is not None:
                 gate = admission.gate = self.gate_for(caller)
                 if charged:
-                    spent = await asyncio.to_thread(self.usage.spent_usd, caller.id)
-                    admission.reservation = await gate.reserve(spent, plan.reserve_usd)
+                    admission.reservation = await self.reserve_budget(caller, plan.reserve_usd)
                 try:
                     await gate.take_request()
                 except GenerationError:
@@ -116,6 +145,21 @@ class GenerationService:
             raise
         return admission
 
+    async def reserve_budget(self, caller: Caller, estimate_usd: float) -> Reservation:
+        """The one budget rule: what the caller spent (usage) plus what is reserved plus
+        ``estimate_usd`` must fit; the reservation is held until the spend is written."""
+        if caller.budget_usd is None:
+            return Reservation()
+        spent = await asyncio.to_thread(self.usage.spent_usd, caller.id)
+        return await self.gate_for(caller).reserve(spent, estimate_usd)
+
+    async def check_budget(self, caller: Caller, estimate_usd: float) -> None:
+        """:meth:`reserve_budget`'s refusal without holding anything (a batch's upfront check)."""
+        if caller.budget_usd is None:
+            return
+        spent = await asyncio.to_thread(self.usage.spent_usd, caller.id)
+        await self.gate_for(caller).check_budget(spent, estimate_usd)
+
     async def abandon(self, admission: Admission) -> None:
         """An admitted request that will not run after all (or whose spend is now written): give
         its reservation back."""
@@ -125,7 +169,7 @@ class GenerationService:
     # ---- the upstream work ----------------------------------------------------------------------
 
     async def run(
-        self, admission: Admission, *, source: str, files_base_url: str, task_id: str | None = None
+        self, admission: Admission, *, source: str, files_base_url: str | None, task_id: str | None = None
     ) -> GenerationResult:
         """Generate, store and account. Never raises for a generation failure (see ``result.error``)."""
         try:
@@ -134,7 +178,7 @@ class GenerationService:
             await self.abandon(admission)  # only now: the spend is written (or nothing was spent)
 
     async def _run(
-        self, admission: Admission, *, source: str, files_base_url: str, task_id: str | None
+        self, admission: Admission, *, source: str, files_base_url: str | None, task_id: str | None
     ) -> GenerationResult:
         principal = admission.principal
         gate = admission.gate
@@ -144,10 +188,7 @@ class GenerationService:
         if gate is not None:
             async with gate.slot():
                 result = await self.client.generate(request, api_key=key, known_references=own_files)
-            if result.error is not None and result.error.kind is ErrorKind.RATE_LIMITED:
-                gate.on_rate_limited(result.error.retry_after_s)
-            elif result.ok:
-                gate.on_success()
+            gate.observe(result)
         else:
             result = await self.client.generate(request, api_key=key, known_references=own_files)
         result.request = request
@@ -191,7 +232,7 @@ class GenerationService:
         principal: Principal,
         *,
         source: str,
-        files_base_url: str,
+        files_base_url: str | None,
         task_id: str | None,
     ) -> list[FileRecord]:
         """Store through the one ``delivery.store_result``; a ``file://`` store is served by this app
@@ -230,10 +271,10 @@ class GenerationService:
             )
         return records
 
-    async def _own_files(self, request: GenerationRequest, files_base_url: str) -> dict[str, bytes]:
+    async def _own_files(self, request: GenerationRequest, files_base_url: str | None) -> dict[str, bytes]:
         """References to this service's own ``/files/…`` are read from the store, not fetched over
         the network (which the SSRF guard would rightly refuse for a loopback deployment)."""
-        if self.store is None or not request.references:
+        if self.store is None or files_base_url is None or not request.references:
             return {}
         prefix = files_base_url.rstrip("/") + "/files/"
         own: dict[str, bytes] = {}

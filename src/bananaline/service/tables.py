@@ -91,4 +91,5 @@ files = Table(
     Column("task_id", String(40), nullable=True),
     Column("created_at", Float, nullable=False),
     Index("ix_service_files_caller_time", "caller_id", "created_at"),
+    Index("ix_service_files_task", "task_id"),
 )

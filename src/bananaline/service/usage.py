@@ -133,6 +133,13 @@ class UsageRepository:
             "by_model": by_model,
         }
 
+    def task_files(self, task_id: str) -> list[tuple[str, str]]:
+        """``(key, mime)`` of the images a task stored, in the order they were made."""
+        f = tables.files
+        query = select(f.c.key, f.c.mime).where(f.c.task_id == task_id, f.c.key.is_not(None)).order_by(f.c.id)
+        with self._engine.connect() as conn:
+            return [(str(row.key), str(row.mime)) for row in conn.execute(query)]
+
     def files(self, caller_id: str, *, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
         f = tables.files
         query = (

@@ -6,7 +6,6 @@ import base64
 import re
 
 from fastapi import Request
-from pydantic import ValidationError
 
 from ...errors import ErrorKind
 from ...types import GenerationRequest, GenerationResult
@@ -26,26 +25,6 @@ def check_model_name(model: str) -> str:
             f"模型名无效：{model[:80]!r}",
         )
     return name
-
-
-def build_request(
-    prompt: str, references: list[str], model: str, aspect_ratio: str | None, image_size: str | None
-) -> GenerationRequest:
-    try:
-        return GenerationRequest(
-            prompt=prompt,
-            references=tuple(references),
-            model=model,
-            aspect_ratio=aspect_ratio or None,
-            image_size=image_size or None,
-        )
-    except ValidationError as exc:
-        problems = "; ".join(str(error["msg"]) for error in exc.errors())
-        if not prompt.strip():
-            problems = "the request has no text prompt"
-        raise ServiceError(
-            400, ErrorKind.INVALID_INPUT.value, f"invalid request: {problems}", f"请求参数无效：{problems}"
-        ) from None
 
 
 async def generate(

@@ -15,7 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from ...types import GenerationResult
-from .gateway_common import build_request, check_model_name, generate
+from ..generation import build_request
+from .gateway_common import check_model_name, generate
 
 router = APIRouter(tags=["gateway"])
 
@@ -115,11 +116,12 @@ def _to_generation_request(model: str, body: GenerateContentRequest) -> Any:
                 references.append(part.file_data.file_uri)
     image_config = body.generation_config.image_config if body.generation_config else None
     return build_request(
-        "\n".join(texts),
-        references,
-        check_model_name(model),
-        image_config.aspect_ratio if image_config else None,
-        image_config.image_size if image_config else None,
+        prompt="\n".join(texts),
+        references=references,
+        model=check_model_name(model),
+        aspect_ratio=image_config.aspect_ratio if image_config else None,
+        image_size=image_config.image_size if image_config else None,
+        status=400,
     )
 
 

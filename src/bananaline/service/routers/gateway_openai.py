@@ -29,8 +29,9 @@ from ...errors import ErrorKind, GenerationError
 from ...logs import get_logger
 from ...types import GenerationResult
 from ..deps import get_state
+from ..generation import build_request
 from ..http_errors import ServiceError
-from .gateway_common import build_request, check_model_name, data_uri, generate
+from .gateway_common import check_model_name, data_uri, generate
 
 router = APIRouter(tags=["gateway"])
 log = get_logger("bananaline.service.gateway")
@@ -167,11 +168,12 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     prompt, references = _messages_to_request(body)
     options = body.image_config or ImageOptions()
     generation_request = build_request(
-        prompt,
-        references,
-        check_model_name(body.model),
-        body.aspect_ratio or options.aspect_ratio,
-        body.image_size or options.image_size,
+        prompt=prompt,
+        references=references,
+        model=check_model_name(body.model),
+        aspect_ratio=body.aspect_ratio or options.aspect_ratio,
+        image_size=body.image_size or options.image_size,
+        status=400,
     )
     result = await generate(request, generation_request, source="gateway_openai")
     uris = [data_uri(image.mime, image.data) for image in result.images]
@@ -271,7 +273,12 @@ async def images_generations(body: ImageGenerationRequest, request: Request) -> 
     model = check_model_name(body.model or get_state(request).settings.model)
     ratio, size_class = parse_size(body.size, model)
     generation_request = build_request(
-        body.prompt, [], model, body.aspect_ratio or ratio, body.image_size or size_class
+        prompt=body.prompt,
+        references=[],
+        model=model,
+        aspect_ratio=body.aspect_ratio or ratio,
+        image_size=body.image_size or size_class,
+        status=400,
     )
     count = body.n or 1
     results = await asyncio.gather(

@@ -25,7 +25,7 @@ from ...errors import ErrorKind, GenerationError
 from ...types import GenerationRequest, GenerationResult
 from ..auth import Principal
 from ..deps import AppState, StateDep, files_base_url, optional_principal, resolve_principal
-from ..generation import summary_of
+from ..generation import build_request, summary_of
 from ..http_errors import CLIENT_ERROR_KINDS, ServiceError, not_found, status_for_kind
 
 if TYPE_CHECKING:
@@ -276,31 +276,6 @@ def interrupted_answer(detail: str) -> dict[str, Any]:
 # ---- the plugin flow, shared by the HTTP routes and the MCP door -------------------------------------
 
 
-def build_request(
-    settings_model: str,
-    *,
-    prompt: str,
-    references: Sequence[str],
-    model: str,
-    aspect_ratio: str,
-    image_size: str,
-) -> GenerationRequest:
-    """The door's fields as a :class:`GenerationRequest`; a shape problem is a 422 ``invalid_input``."""
-    try:
-        return GenerationRequest(
-            prompt=prompt,
-            references=tuple(references),
-            model=model.strip() or settings_model,
-            aspect_ratio=aspect_ratio or None,
-            image_size=image_size or None,
-        )
-    except ValidationError as exc:
-        problems = "; ".join(str(error["msg"]) for error in exc.errors())
-        raise ServiceError(
-            422, ErrorKind.INVALID_INPUT.value, f"invalid request: {problems}", f"请求参数无效：{problems}"
-        ) from None
-
-
 def wait_for(state: AppState, wait_s: float | None) -> float:
     """How long a call waits before answering ``running``: what it asked, at most ``plugin_wait_s``.
 
@@ -311,8 +286,7 @@ def wait_for(state: AppState, wait_s: float | None) -> float:
     return limit if not wait_s or wait_s <= 0 else min(wait_s, limit)
 
 
-#: Sees each finished result before it is answered (the MCP door keeps the image bytes, and a local
-#: door turns service links into ``file://`` ones).
+#: Sees each finished result before it is answered (the MCP door keeps the image bytes).
 ResultHook = Callable[[GenerationResult], Awaitable[None]]
 
 
@@ -321,7 +295,7 @@ async def start_plugin_task(
     principal: Principal,
     request: GenerationRequest,
     *,
-    files_base: str,
+    files_base: str | None,
     wait_s: float,
     source: str,
     remote: bool = True,
@@ -399,10 +373,9 @@ async def generate_image(
 ) -> PluginResponse:
     principal = await resolve_principal(request, body.apikey or None)
     generation_request = build_request(
-        state.settings.model,
         prompt=body.cleantext,
         references=body.fileurls,
-        model=body.model,
+        model=body.model.strip() or state.settings.model,
         aspect_ratio=body.aspect_ratio,
         image_size=body.resolution,
     )
