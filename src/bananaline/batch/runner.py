@@ -185,43 +185,8 @@ class BatchRun:
             if self.upstream_active >= ceiling or len(self.in_flight) >= job_cap:
                 await self._wake.wait()
                 continue
-            delays: list[float] = []
-            started = look_again = False
-            order = sorted(callers)
-            self._turn = (self._turn + 1) % max(1, len(order))
-            for caller in order[self._turn :] + order[: self._turn]:  # take turns between callers
-                gate = self.gate(caller)
-                slot_taken = False
-                try:
-                    wait_s = await gate.try_start()  # a slot and an rpm start, here or across processes
-                    if wait_s > 0:
-                        delays.append(wait_s)
-                        continue
-                    slot_taken = True
-                    job = await self.db(
-                        self.jobs.claim,
-                        self.batch_id,
-                        [caller],
-                        run_token=self.run_token,
-                        lease_s=self.lease_s,
-                    )
-                except SQLAlchemyError as exc:
-                    if slot_taken:
-                        gate.release()
-                    if not self.worker:
-                        raise
-                    await self._db_trouble("claim", exc)
-                    look_again = True  # after the backoff, from the top
-                    break
-                self._db_backoff_s = 0.0
-                if job is None:
-                    gate.release()
-                    callers.discard(caller)
-                    continue
-                self._start(job)
-                started = True
-                break
-            if started or look_again:
+            claimed, delays = await self._claim_one(callers)
+            if claimed:
                 continue
             if not callers and self.worker:
                 if not await self._look_for_work(callers, wait=True):
@@ -246,6 +211,42 @@ class BatchRun:
                 await asyncio.wait_for(self._wake.wait(), timeout)
             except TimeoutError:
                 pass
+
+    async def _claim_one(self, callers: set[str]) -> tuple[bool, list[float]]:
+        """Start one job for the first caller (taking turns) whose gate lets it start now.
+        ``(True, _)`` when a job started or the database needs a fresh look after a backoff;
+        else ``(False, waits)``: how long each waiting caller's gate asked to wait. A caller with
+        nothing left to claim leaves ``callers``."""
+        delays: list[float] = []
+        order = sorted(callers)
+        self._turn = (self._turn + 1) % max(1, len(order))
+        for caller in order[self._turn :] + order[: self._turn]:
+            gate = self.gate(caller)
+            slot_taken = False
+            try:
+                wait_s = await gate.try_start()  # a slot and an rpm start, here or across processes
+                if wait_s > 0:
+                    delays.append(wait_s)
+                    continue
+                slot_taken = True
+                job = await self.db(
+                    self.jobs.claim, self.batch_id, [caller], run_token=self.run_token, lease_s=self.lease_s
+                )
+            except SQLAlchemyError as exc:  # the job store or the gate ledger is out of reach
+                if slot_taken:
+                    gate.release()
+                if not self.worker:
+                    raise
+                await self._db_trouble("claim", exc)
+                return True, delays  # after the backoff, from the top
+            self._db_backoff_s = 0.0
+            if job is None:
+                gate.release()
+                callers.discard(caller)
+                continue
+            self._start(job)
+            return True, delays
+        return False, delays
 
     async def _look_for_work(self, callers: set[str], *, wait: bool) -> bool:
         """A worker's look at the whole queue (every ``poll_s``, and whenever it has no caller left
