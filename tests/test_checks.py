@@ -135,6 +135,28 @@ def test_a_small_shape_on_black_is_not_blank() -> None:
     assert not is_blank(encode(gradient, "PNG"))
 
 
+def test_is_blank_on_the_pillow_path_refuses_a_bomb_from_the_header(monkeypatch: pytest.MonkeyPatch) -> None:
+    """BMP is not a libvips format: ``is_blank`` judges it with Pillow, behind the same header-only
+    bomb guard as ``inspect_image`` (it used to decode whatever Pillow's own warning let through)."""
+    import bananaline.checks as checks
+
+    assert is_blank(encode(Image.new("RGB", (600, 300), (9, 90, 200)), "BMP"))
+    canvas = Image.new("RGB", (600, 300), "black")
+    ImageDraw.Draw(canvas).rectangle((200, 100, 260, 160), fill="white")
+    assert not is_blank(encode(canvas, "BMP"))
+    decoded: list[object] = []
+    real_decode = checks.decode
+    monkeypatch.setattr(checks, "decode", lambda image: decoded.append(image) or real_decode(image))
+    # A valid BMP header announcing 8200 x 8200 (over 8192 x 8192, under Pillow's own bomb
+    # warning): refused before a single pixel row is read.
+    header = encode(Image.new("RGB", (1, 1)), "BMP")[:54]
+    bomb = header[:18] + struct.pack("<ii", 8200, 8200) + header[26:] + b"\0" * 64
+    assert not is_blank(bomb)
+    assert decoded == []
+    assert is_blank(encode(Image.new("L", (40, 40), 3), "BMP"))
+    assert len(decoded) == 1
+
+
 def test_codes_come_in_the_documented_order() -> None:
     image = inspected(Image.new("RGB", (800, 400), "black"), "JPEG", "image/png")
     assert output_warnings(image, aspect_ratio="1:1", expected_pixels=(1024, 1024)) == [

@@ -26,8 +26,8 @@ from .imaging import (
     ImageTooLarge,
     UndecodableImage,
     decode,
+    format_mime,
     open_lazily,
-    pillow_mime,
     scan,
     sniff_mime,
     streams,
@@ -39,7 +39,6 @@ ASPECT_TOLERANCE = 0.02
 SIZE_TOLERANCE = 0.03
 #: Per-band spread (0-255) still counted as one colour: encoder noise on a flat image.
 BLANK_TOLERANCE = 6
-BLANK_PROBE_PX = PROBE_PX
 #: is_blank has no caller's limit: the one of the default settings (8192 x 8192).
 _BLANK_MAX_PIXELS = 8192 * 8192
 
@@ -102,12 +101,15 @@ def _inspect_with_pillow(
 ) -> tuple[str | None, int, int, bool, bytes | None]:
     """The Pillow path for formats libvips is not given (BMP, HEIF/AVIF): one decode, a ≤ 256 px copy."""
     verify(data, max_pixels=max_pixels)
+    found, width, height, small = _decode_small(data, max_pixels)
+    return mime or found, width, height, _is_flat(small), _preview_jpeg(small)
+
+
+def _decode_small(data: bytes, max_pixels: int) -> tuple[str | None, int, int, Image.Image]:
+    """Pillow: bomb guard from the header, one full decode, and the ≤ 256 px copy it is judged on."""
     with open_lazily(data, max_pixels=max_pixels) as image:
-        mime = mime or pillow_mime(image)
-        width, height = image.size
         decode(image)
-        small = _small_copy(image)
-        return mime, width, height, _is_flat(small), _preview_jpeg(small)
+        return format_mime(image.format), image.width, image.height, _small_copy(image)
 
 
 def _ratio(text: str) -> float | None:
@@ -125,15 +127,14 @@ def _off(actual: float, wanted: float) -> float:
 
 def is_blank(data: bytes, *, tolerance: int = BLANK_TOLERANCE) -> bool:
     """One flat colour? Judged on a ≤ 256 px box-averaged copy made while decoding (libvips, in
-    strips), so a 4K image never costs a full raster. ``False`` when the bytes do not decode."""
+    strips), so a 4K image never costs a full raster; other formats take Pillow behind the same
+    header-only bomb guard. ``False`` when the bytes do not decode or announce over 8192 x 8192 px."""
     mime = sniff_mime(data)
     try:
         if streams(mime):
             assert mime is not None
             return scan(data, mime, max_pixels=_BLANK_MAX_PIXELS, tolerance=tolerance, preview=False).blank
-        with Image.open(io.BytesIO(data)) as image:
-            image.draft("RGB", (BLANK_PROBE_PX, BLANK_PROBE_PX))
-            return _is_flat(image, tolerance=tolerance)
+        return _is_flat(_decode_small(data, _BLANK_MAX_PIXELS)[3], tolerance=tolerance)
     except Exception:  # undecodable here means inspect_image was skipped; not this check's call
         return False
 
@@ -144,7 +145,7 @@ def _small_copy(image: Image.Image) -> Image.Image:
     if image.mode not in ("L", "LA", "RGB", "RGBA"):
         alpha = "A" in image.getbands() or "transparency" in image.info
         image = image.convert("RGBA" if alpha else "RGB")
-    factor = max(1, -(-max(image.size) // BLANK_PROBE_PX))
+    factor = max(1, -(-max(image.size) // PROBE_PX))
     return image.reduce(factor) if factor > 1 else image.copy()
 
 
@@ -160,13 +161,8 @@ def _preview_jpeg(small: Image.Image) -> bytes | None:
         return None
 
 
-def _is_flat(image: Image.Image, *, tolerance: int = BLANK_TOLERANCE) -> bool:
-    """The flatness test on an open image, judged on a copy of ≤ 256 px."""
-    small: Image.Image = image.copy() if getattr(image, "_im", None) is not None else image
-    small.thumbnail((BLANK_PROBE_PX, BLANK_PROBE_PX), Image.Resampling.BOX, reducing_gap=1.0)
-    if small.mode not in ("L", "LA", "RGB", "RGBA"):
-        alpha = "A" in small.getbands() or "transparency" in small.info
-        small = small.convert("RGBA" if alpha else "RGB")
+def _is_flat(small: Image.Image, *, tolerance: int = BLANK_TOLERANCE) -> bool:
+    """The flatness test on a :func:`_small_copy` (L, LA, RGB or RGBA, ≤ 256 px)."""
     extrema = small.getextrema()
     bands = extrema if isinstance(extrema[0], tuple) else (extrema,)
     if small.mode in ("LA", "RGBA") and bands[-1][1] == 0:

@@ -207,7 +207,7 @@ class _SecretRegistry:
         if len(text) < MIN_SECRET_CHARS:
             return set()
         if len(self) <= _LINEAR_SEARCH_MAX:
-            known = [*list(self._pinned), *list(self._recent)]
+            known = [*self._pinned, *self._recent]
             return {secret for secret in known if secret in text}
         by_suffix = self._by_suffix
         found: set[str] = set()

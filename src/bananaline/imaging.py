@@ -57,10 +57,6 @@ _cpu_pool: ThreadPoolExecutor | None = None
 _cpu_pool_lock = threading.Lock()
 
 
-def cpu_workers() -> int:
-    return max(1, os.cpu_count() or 1)
-
-
 async def run_cpu(fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
     """Run blocking image work (decode, checks, derivatives, hashing) off the event loop, in the one
     process-wide pool sized to the cores: every client and store shares it, so a burst of answers
@@ -69,7 +65,8 @@ async def run_cpu(fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) 
     if _cpu_pool is None:
         with _cpu_pool_lock:
             if _cpu_pool is None:
-                _cpu_pool = ThreadPoolExecutor(max_workers=cpu_workers(), thread_name_prefix="bananaline-cpu")
+                workers = os.cpu_count() or 1
+                _cpu_pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bananaline-cpu")
     call = functools.partial(fn, *args, **kwargs)
     return await asyncio.get_running_loop().run_in_executor(_cpu_pool, call)
 
@@ -118,10 +115,6 @@ def sniff_mime(data: bytes) -> str | None:
     if head[0:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
         return "image/tiff"
     return None
-
-
-def pillow_mime(image: Image.Image) -> str | None:
-    return format_mime(image.format)
 
 
 def format_mime(pillow_format: str | None) -> str | None:

@@ -14,7 +14,6 @@ URLs go through the SSRF guard (:func:`guarded_fetch`) and are fetched concurren
 from __future__ import annotations
 
 import asyncio
-import base64
 import binascii
 import os
 import re
@@ -26,6 +25,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import unquote_to_bytes
 
 import httpx
+import pybase64  # SIMD base64, as in the answer decoders: a 20 MB data URI in ms, not tens of ms
 
 from .imaging import (
     UPSTREAM_MIMES,
@@ -34,6 +34,7 @@ from .imaging import (
     decode,
     open_lazily,
     reencode,
+    run_cpu,
     sniff_mime,
 )
 from .ssrf import Resolver, guarded_fetch, redact_url, reference_error
@@ -139,7 +140,7 @@ def _decode_data_uri(source: str, label: str, limit: int) -> bytes:
     decoded += b"=" * (-len(decoded) % 4)
     altchars = b"-_" if (b"-" in decoded or b"_" in decoded) else None
     try:
-        return base64.b64decode(decoded, altchars=altchars, validate=True)
+        return pybase64.b64decode(decoded, altchars=altchars, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise reference_error("not_an_image", label, f"data URI payload is not valid base64 ({exc})") from exc
 
@@ -217,7 +218,7 @@ async def _load_raw(
     if source[:5].lower() == "data:":
         if len(source) <= DATA_URI_INLINE_DECODE_CHARS:
             return _decode_data_uri(source, label, limit)
-        return await asyncio.to_thread(_decode_data_uri, source, label, limit)
+        return await run_cpu(_decode_data_uri, source, label, limit)
     if _URL_LIKE.match(source):
         return await guarded_fetch(source, settings=settings, client=client, resolver=resolver)
     if not allow_paths:
@@ -336,4 +337,4 @@ async def load_references(
     items = [
         _Loaded(original=task.result(), label=_label(text)) for task, text in zip(tasks, texts, strict=True)
     ]
-    return await asyncio.to_thread(_prepare_all, items, settings)
+    return await run_cpu(_prepare_all, items, settings)  # decode/re-encode: the shared CPU pool

@@ -87,9 +87,6 @@ def _declared_size(data: bytes) -> tuple[int, int]:
     return 0, 0
 
 
-_fit = fit
-
-
 def wants_compressed(info: ImageHeader | None, settings: Settings) -> bool:
     """A compressed copy is worth making only when the original is not a JPEG or is too large."""
     return (
@@ -143,7 +140,7 @@ def make_derivatives(
     image: Image.Image = open_lazily(data, max_pixels=settings.max_image_pixels)
     try:
         if image.format == "JPEG":
-            image.draft("RGB", _fit(image.size, largest_needed))
+            image.draft("RGB", fit(image.size, largest_needed))
         image.load()
         upright(image)
         image = to_rgb(image)
