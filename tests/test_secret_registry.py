@@ -3,8 +3,6 @@ never evicted from it (issue 8)."""
 
 from __future__ import annotations
 
-import time
-
 from bananaline import errors
 from bananaline.errors import redact, register_secret, registered_secret_count, request_scoped_secrets
 
@@ -34,16 +32,17 @@ def test_explicit_transient_flag_and_pinning_wins() -> None:
     assert redact(value) == "***"
 
 
-def test_redact_cost_does_not_grow_with_a_full_registry() -> None:
+def test_a_full_registry_takes_the_indexed_path_and_still_finds_every_secret() -> None:
+    """Past the small linear scan the registry looks secrets up by their last characters (so a
+    redact costs the length of the line, not the size of the registry): with it full, the right
+    secrets are still found and nothing else is touched. (Its cost is not timed here.)"""
     with request_scoped_secrets():
         for number in range(errors.MAX_REQUEST_SECRETS):
             register_secret(f"cost-check-{number:08d}")
-    line = "generation failed: upstream 500 for model gemini-3-pro-image-preview in 1.23 s " * 3
-    started = time.perf_counter()
-    for _ in range(1000):
-        redact(line)
-    per_call_ms = time.perf_counter() - started  # seconds for 1000 calls = ms per call
-    assert per_call_ms < 0.5, f"{per_call_ms:.3f} ms per redact with a full registry"
+    assert errors.registered_secret_count() > errors._LINEAR_SEARCH_MAX
+    line = "upstream 500 for cost-check-00004095 and cost-check-00000007x in 1.23 s " * 3
+    assert redact(line) == "upstream 500 for *** and ***x in 1.23 s " * 3
+    assert redact("generation failed: upstream 500 in 1.23 s") == "generation failed: upstream 500 in 1.23 s"
 
 
 def test_overlapping_secrets_longest_first() -> None:
