@@ -10,6 +10,7 @@ budget, since no estimate could hold that budget.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -88,11 +89,18 @@ def plan_request(
     return Plan(request.model_copy(update=updates), resolved, max(1, n))
 
 
-def estimate_usd(model: str, image_size: str | None, n: int = 1) -> float:
-    """The price of ``n`` images of a stored (already planned) row: the same rule as a plan."""
-    name = catalog.canonical_name(model)
-    resolved = catalog.ResolvedParams(name, None, catalog.normalize_size(image_size), catalog.get_model(name))
-    return float(resolved.price_usd * max(1, n))
+def estimate_usd(fields: Mapping[str, Any], *, default_model: str = "") -> float:
+    """The price of one image of a stored plan (:meth:`Plan.request_fields`; a batch job is one
+    image): the same rule as :func:`plan_request`, without re-validating what was validated."""
+    name = catalog.canonical_name(str(fields.get("model") or default_model))
+    size = fields.get("image_size")
+    resolved = catalog.ResolvedParams(
+        name,
+        None,
+        catalog.normalize_size(size if isinstance(size, str) else None),
+        catalog.get_model(name),
+    )
+    return float(resolved.price_usd)
 
 
 def check_reference_source(reference: str) -> None:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 
-from ..admission import CallerGates, GateLedger, Plan, Shared, plan_request
+from ..admission import CallerGates, GateLedger, Plan, Shared, estimate_usd, plan_request
 from ..config import Settings
 from ..errors import ErrorKind, GenerationError
 from ..instances import LIVE_INSTANCES
@@ -232,6 +232,12 @@ class BatchEngine:
             [row.previews[0] if row.previews else None for row in status.rows] if fmt == "xlsx" else None
         )
         return write_table(header, rows, fmt, previews=previews)
+
+    def pending_estimate_usd(self, batch_id: str) -> float:
+        """What the jobs still to run would cost, from their stored plans (column mapping,
+        defaults and ``n`` applied; one job per image) priced by the one admission rule."""
+        plans = self.jobs.pending_plans(batch_id)
+        return sum(estimate_usd(plan, default_model=self.settings.model) for plan in plans)
 
     def retry_failed(self, batch_id: str, *, owner: str | None = None) -> int:
         self._batch(batch_id, owner)

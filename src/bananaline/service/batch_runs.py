@@ -36,17 +36,6 @@ def _keyring(state: AppState, caller: Caller) -> KeyRing:
     return KeyRing({}, default=entry, fallback_to_default=True)
 
 
-def _plan_price_usd(plan: dict[str, object]) -> float:
-    size = plan.get("image_size")
-    return estimate_usd(str(plan.get("model") or ""), size if isinstance(size, str) else None)
-
-
-def pending_estimate_usd(state: AppState, batch_id: str) -> float:
-    """What the jobs still to run would cost: one per image, from their stored plans (the column
-    mapping, defaults and ``n`` already applied), priced by the one admission rule."""
-    return sum(_plan_price_usd(plan) for plan in state.batches.jobs.pending_plans(batch_id))
-
-
 class CallerAccounting(JobAccounting):
     """A service caller's batch rows: the caller's gate, budget and usage, row by row."""
 
@@ -58,7 +47,7 @@ class CallerAccounting(JobAccounting):
         return self.state.generation.gate_for(self.caller)
 
     async def admit(self, job: ClaimedJob, gate: CallerGate) -> Reservation:
-        return await self.state.generation.reserve_budget(self.caller, _plan_price_usd(job.plan))
+        return await self.state.generation.reserve_budget(self.caller, estimate_usd(job.plan))
 
     async def settle(self, job: ClaimedJob, outcome: JobOutcome, reservation: Reservation) -> None:
         try:
@@ -88,7 +77,7 @@ async def check_budget(state: AppState, caller: Caller, batch_id: str) -> None:
     one by one as they start, so racing requests and jobs never overspend."""
     if caller.budget_usd is None:
         return
-    estimate = await asyncio.to_thread(pending_estimate_usd, state, batch_id)
+    estimate = await asyncio.to_thread(state.batches.pending_estimate_usd, batch_id)
     await state.generation.check_budget(caller, estimate)
 
 
