@@ -103,6 +103,15 @@ def zip_bomb_xlsx(inflated_bytes: int = 228 * 1024 * 1024) -> bytes:
     return buffer.getvalue()
 
 
+def unclosed_tags_xlsx(repeats: int = 90_000) -> bytes:
+    """~3.5 KB: a cell's text is just under 1 MiB of ``<dimension `` (below the size from which the
+    zip ratio is checked), tags that are never closed: a scan that looks past ``<`` for ``ref=``
+    reads the rest of the part again at each one."""
+    return xlsx(
+        sheet_xml([(1, inline_cell("A1", "prompt")), (2, inline_cell("A2", "<dimension " * repeats))])
+    )
+
+
 def lying_size_xlsx() -> bytes:
     """The worksheet's directory entry says 600 bytes (with the CRC of those 600 bytes), but the
     deflated stream goes on to a cell at XFD1048576: a reader that trusts the stream, not the

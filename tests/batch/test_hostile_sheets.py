@@ -25,6 +25,7 @@ from bananaline.batch.template import (
     prerendered,
     render_all,
 )
+from bananaline.batch.xlsx_guard import checked_xlsx
 from bananaline.cli import app
 from bananaline.errors import ErrorKind
 
@@ -33,6 +34,7 @@ from .hostile import (
     inline_cell,
     lying_size_xlsx,
     sheet_xml,
+    unclosed_tags_xlsx,
     wide_csv,
     wide_jsonl,
     xfd_xlsx,
@@ -118,9 +120,29 @@ def test_a_member_longer_than_its_directory_entry_is_read_only_as_far_as_the_ent
     (XFD1048576) never reaches the spreadsheet library."""
     try:
         table = read_table_bytes(lying_size_xlsx(), "xlsx")
-    except SheetError:
+    except SheetTooLarge as exc:  # the cell past the declared size was read after all
+        pytest.fail(f"read past the directory entry: {exc}")
+    except SheetError:  # the 600 declared bytes end mid-tag: calamine cannot read them
         return
     assert len(table.header) <= 1 and len(table.rows) <= 1
+
+
+def test_unclosed_tags_are_scanned_in_linear_time():
+    data = unclosed_tags_xlsx()
+    assert len(data) < 4_000
+    started = time.perf_counter()
+    with pytest.raises(SheetError):  # not well-formed: calamine refuses it, once it is measured
+        read_table_bytes(data, "xlsx")
+    assert time.perf_counter() - started < 2.0  # 94 s while the dimension scan crossed tags
+
+
+def test_a_part_without_tags_is_scanned_in_linear_time():
+    """32 MiB of text in one cell: with each 64 KiB chunk copied onto all the text before it, 10 s
+    (random text that deflates under the ratio bound does the same from a 25 MB upload)."""
+    data = xlsx(sheet_xml([(1, inline_cell("A1", "prompt")), (2, inline_cell("A2", "x" * (32 << 20)))]))
+    started = time.perf_counter()
+    checked_xlsx(data, SheetLimits(max_zip_ratio=1e9))
+    assert time.perf_counter() - started < 4.0
 
 
 def test_not_a_workbook():
@@ -239,6 +261,8 @@ def test_ordinary_csv_and_jsonl_read_as_before():
         {"prompt": "a\u2028b", "n": "2", "refs": ""},
         {"prompt": "", "n": "", "refs": "x.png\ny.png"},
     ]
+    old_mac = b'{"prompt": "a"}\r{"prompt": "b"}\r'  # lines end as CSV lines may: \r\n, \r or \n
+    assert read_table_bytes(old_mac, "jsonl").rows == [{"prompt": "a"}, {"prompt": "b"}]
 
 
 # templates: bounded in a child process --------------------------------------------------------
@@ -289,6 +313,16 @@ def test_the_batch_output_and_time_are_bounded():
     with pytest.raises(TemplateRejected, match="for this batch"):
         many = [{"product": f"p{i}"} for i in range(2_000)]  # distinct: equal rows render once
         render_all(slow, many, TemplateBounds(row_timeout_s=1.0, batch_timeout_s=0.3))
+
+
+def test_the_row_timeout_is_per_row_however_many_rows_are_in_flight():
+    """Rows of ~7 ms with 1 KB of cells: while more rows waited, the child held its answers until
+    its 4 KB buffer filled (~220 rows, 1.5 s), which a 0.3 s row timeout took for one slow row."""
+    rows = [{"product": f"p{i}", "notes": "y" * 1000} for i in range(300)]
+    loop = "{% for a in range(50000) %}{% endfor %}{{ product }}"
+    ahead = render_all(loop, rows, TemplateBounds(row_timeout_s=0.3, batch_timeout_s=30))
+    last = ahead.outcome(rows[-1])
+    assert last is not None and last.prompt() == "p299"
 
 
 def test_row_errors_stay_row_errors_and_bounds_refuse_the_batch():

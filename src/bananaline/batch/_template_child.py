@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from typing import Any
 
 
@@ -68,6 +69,11 @@ def _render(template: Any, cells: dict[str, str], max_chars: int) -> str:
     return "".join(parts)
 
 
+#: An answer held back while more rows wait is sent at the latest this much later: the parent
+#: times each row by the answers it receives, so they may not sit in the buffer for long.
+_HOLD_ANSWERS_S = 0.05
+
+
 def _answer(stdout: Any, message: dict[str, str], *, flush: bool = True) -> None:
     stdout.write(json.dumps(message).encode("ascii") + b"\n")
     if flush:
@@ -75,7 +81,7 @@ def _answer(stdout: Any, message: dict[str, str], *, flush: bool = True) -> None
 
 
 def _more_waiting(stdin: Any) -> bool:
-    """Is another row already on its way? Then this answer can wait for the next write."""
+    """Is another row already on its way? Then this answer can go with the next ones."""
     import select
 
     readable, _, _ = select.select([stdin], [], [], 0)
@@ -98,6 +104,7 @@ def main() -> None:
         _answer(stdout, {"limit": f"the prompt template is too large to compile ({type(exc).__name__})"})
         return
     _answer(stdout, {"ready": "1"})
+    flushed = time.monotonic()
     for line in stdin:
         cells = json.loads(line)
         try:
@@ -112,7 +119,11 @@ def main() -> None:
             answer = {"row_error": str(exc)}
         except Exception as exc:  # noqa: BLE001 - any other failure is this row's template error
             answer = {"row_error": f"{type(exc).__name__}: {exc}"}
-        _answer(stdout, answer, flush=not _more_waiting(stdin))
+        now = time.monotonic()
+        flush = now - flushed >= _HOLD_ANSWERS_S or not _more_waiting(stdin)
+        _answer(stdout, answer, flush=flush)
+        if flush:
+            flushed = now
     stdout.flush()
 
 

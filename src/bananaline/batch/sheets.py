@@ -185,7 +185,7 @@ def _read_jsonl(text: str, limits: SheetLimits) -> Table:
     header: list[str] = []
     known: set[str] = set()
     rows: list[dict[str, str]] = []
-    for number, line in enumerate(_jsonl_lines(text), start=1):
+    for number, line in enumerate(_lines(text), start=1):
         if not line.strip():
             continue
         if len(line) > limits.max_jsonl_line_chars:
@@ -224,17 +224,6 @@ def _read_jsonl(text: str, limits: SheetLimits) -> Table:
         _check_size(len(rows) + 1, len(header), limits)
         rows.append(row)
     return Table(header, [{name: row.get(name, "") for name in header} for row in rows])
-
-
-def _jsonl_lines(text: str) -> Iterator[str]:
-    start = 0
-    while start < len(text):
-        end = text.find("\n", start)
-        if end < 0:
-            yield text[start:]
-            return
-        yield text[start:end]
-        start = end + 1
 
 
 def cell_text(value: Any) -> str:
