@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import re
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..errors import ErrorKind, GenerationError
-from .template import BoundedTemplate, TemplateRejected, TemplateRowError
+from .template import BoundedTemplate, PrerenderedPrompts, TemplateRejected, TemplateRowError, render_all
 
 MAX_VARIANTS = 8
 
@@ -152,6 +153,18 @@ class RowPlanner:
         self.allow_local_refs = allow_local_refs
         #: ``row`` holds every column (for names that are not identifiers: ``{{ row["product name"] }}``).
         self.renderer = BoundedTemplate(columns.template) if columns.template else None
+        self._prompts: PrerenderedPrompts | None = None
+
+    def prerender(self, rows: Sequence[dict[str, str]]) -> None:
+        """Render every row's prompt in one pass before planning (blocking: the service runs it
+        through ``in_render_pool``). Raises :class:`TemplateRejected` over a bound."""
+        if self.renderer is not None:
+            self._prompts = render_all(self.renderer.source, rows, self.renderer.bounds)
+
+    def _render(self, cells: dict[str, str]) -> str:
+        assert self.renderer is not None
+        found = self._prompts.outcome(cells) if self._prompts is not None else None
+        return found.prompt() if found is not None else self.renderer.render(cells)
 
     def missing_columns(self, header: list[str]) -> list[str]:
         """Mapped columns absent from the sheet; the prompt column matters unless templated."""
@@ -211,7 +224,7 @@ class RowPlanner:
         refs: list[str] = []
         if self.renderer is not None:
             try:
-                prompt = self.renderer.render(cells)
+                prompt = self._render(cells)
             except TemplateRowError as exc:
                 raise _invalid(
                     f"the prompt template failed for this row: {exc}",

@@ -19,6 +19,7 @@ from ..references import load_references
 from .columns import ColumnConfig, RowPlanner
 from .engine import admit_row
 from .keys import KeyRing
+from .template import in_render_pool
 
 
 @dataclass
@@ -57,6 +58,7 @@ async def dry_run(
     concurrency: int = 8,
 ) -> DryRunReport:
     planner = RowPlanner(columns, default_model=settings.model, base_dir=base_dir)
+    await in_render_pool(planner.prerender, rows)  # one pass, off the event loop
     gate = asyncio.Semaphore(concurrency)
     loaded: dict[str, asyncio.Task[None]] = {}
 

@@ -161,6 +161,7 @@ class BatchEngine:
                 f"the sheet has no column {', '.join(map(repr, missing))}; "
                 f"its columns are: {', '.join(header)}"
             )
+        planner.prerender(rows)
         new_rows = []
         for cells in rows:
             row_plan = planner.plan(cells)

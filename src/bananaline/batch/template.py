@@ -13,9 +13,12 @@ by a child process (``_template_child.py``, one per batch, rows streamed one at 
   :attr:`~TemplateBounds.batch_timeout_s` per batch on the wall clock, after which the child is
   killed; its own ``RLIMIT_CPU`` stops it even if this process dies first;
 * memory: the child's ``RLIMIT_AS`` (:attr:`~TemplateBounds.child_memory_bytes`);
-* everyone else: the child runs niced, and in the service :func:`render_ahead` renders on a
-  pool of its own (:data:`MAX_CONCURRENT_RENDERS` threads), never on the event loop or the
-  default thread pool the token checks use.
+* everyone else: the child runs niced, and in the service the work that renders runs through
+  :func:`in_render_pool` (:data:`MAX_CONCURRENT_RENDERS` threads of its own), never on the event
+  loop or the default thread pool the token checks use.
+
+A batch renders in one pass (:func:`render_all`, what ``RowPlanner.prerender`` uses): every
+distinct row pipelined through one child.
 
 This process only *parses* the template (syntax errors and unknown filters are reported at
 once): compiling would fold constant expressions, i.e. compute them, here.
@@ -28,6 +31,7 @@ row's :class:`TemplateRowError`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import math
@@ -38,13 +42,11 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from jinja2 import TemplateError, nodes
 from jinja2.sandbox import SandboxedEnvironment
@@ -53,6 +55,7 @@ from ..errors import ErrorKind, GenerationError
 
 #: The longest prompt any door accepts (the OpenAI images gateway's ``prompt``).
 MAX_PROMPT_CHARS = 32_000
+T = TypeVar("T")
 #: Batches rendering at once in one process (the service); the others wait without a thread.
 MAX_CONCURRENT_RENDERS = 2
 _CHILD = Path(__file__).with_name("_template_child.py")
@@ -105,11 +108,6 @@ class BoundedTemplate:
         self._lock = threading.Lock()
 
     def render(self, cells: dict[str, str]) -> str:
-        ahead = _AHEAD.get()
-        if ahead is not None and ahead.source == self.source:
-            found = ahead.outcome(cells)
-            if found is not None:
-                return found.prompt()
         [outcome] = self.render_many([cells])
         return outcome.prompt()
 
@@ -352,7 +350,6 @@ class PrerenderedPrompts:
         return self.by_row.get(_row_key(cells))
 
 
-_AHEAD: ContextVar[PrerenderedPrompts | None] = ContextVar("bananaline_prerendered_prompts", default=None)
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 
@@ -364,7 +361,8 @@ def _row_key(cells: dict[str, str]) -> bytes:
 def render_all(
     source: str, rows: Sequence[dict[str, str]], bounds: TemplateBounds = DEFAULT_BOUNDS
 ) -> PrerenderedPrompts:
-    """Render every row in one child; raises ``ValueError`` (syntax) or :class:`TemplateRejected`."""
+    """Every distinct row rendered in one child (then stopped): one pipelined pass instead of a
+    round trip per row. Raises ``ValueError`` (syntax) or :class:`TemplateRejected` (a bound)."""
     template = BoundedTemplate(source, bounds)
     unique: dict[bytes, dict[str, str]] = {}
     for cells in rows:
@@ -376,27 +374,15 @@ def render_all(
     return PrerenderedPrompts(source, dict(zip(unique, outcomes, strict=True)))
 
 
-async def render_ahead(
-    source: str, rows: Sequence[dict[str, str]], bounds: TemplateBounds = DEFAULT_BOUNDS
-) -> PrerenderedPrompts:
-    """:func:`render_all` on the renderers' own threads; use the result with :func:`prerendered`
-    around the call that plans the rows, so the planner finds every prompt made."""
+async def in_render_pool(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    """Run blocking work that renders a template on the renderers' own threads: a hostile
+    template then holds one of these, never the event loop or the default pool that token
+    checks and database calls share."""
     global _pool
     with _pool_lock:
         if _pool is None:
             _pool = ThreadPoolExecutor(MAX_CONCURRENT_RENDERS, thread_name_prefix="bananaline-template")
-    return await asyncio.get_running_loop().run_in_executor(_pool, render_all, source, list(rows), bounds)
-
-
-@contextmanager
-def prerendered(prompts: PrerenderedPrompts | None) -> Iterator[None]:
-    """While the block runs (threads started with ``asyncio.to_thread`` included), templates with
-    the same source take their prompts from ``prompts`` instead of rendering again."""
-    token = _AHEAD.set(prompts)
-    try:
-        yield
-    finally:
-        _AHEAD.reset(token)
+    return await asyncio.get_running_loop().run_in_executor(_pool, functools.partial(fn, *args, **kwargs))
 
 
 __all__ = [
@@ -408,7 +394,6 @@ __all__ = [
     "TemplateBounds",
     "TemplateRejected",
     "TemplateRowError",
-    "prerendered",
-    "render_ahead",
+    "in_render_pool",
     "render_all",
 ]

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ...batch import BatchInputError, BatchNotFound, ColumnConfig, read_table_bytes
 from ...batch.results import BatchStatus
 from ...batch.sheet_limits import SheetError, SheetLimits, SheetTooLarge
-from ...batch.template import prerendered, render_ahead
+from ...batch.template import in_render_pool
 from ...errors import ErrorKind, GenerationError
 from ..auth import Caller
 from ..batch_runs import check_budget, start_run
@@ -131,23 +131,19 @@ async def _create_and_start(
         raise _invalid("the sheet has no rows")
     if len(rows) > MAX_ROWS:
         raise _invalid(f"at most {MAX_ROWS} rows per batch")
-    ahead = None
-    if columns.template:
-        try:
-            ahead = await render_ahead(columns.template, rows)
-        except ValueError as exc:
-            raise _invalid(str(exc)) from None
+    # A templated batch renders inside create_batch (once, and only when the batch is new): on the
+    # renderers' own threads, so a hostile template never holds the pool token checks share.
+    run = in_render_pool if columns.template else asyncio.to_thread
     try:
-        with prerendered(ahead):
-            batch_id = await asyncio.to_thread(
-                state.batches.create_batch,
-                rows,
-                columns=columns,
-                owner=caller.id,
-                name=name,
-                header=header,
-                allow_local_refs=False,
-            )
+        batch_id = await run(
+            state.batches.create_batch,
+            rows,
+            columns=columns,
+            owner=caller.id,
+            name=name,
+            header=header,
+            allow_local_refs=False,
+        )
     except BatchInputError as exc:
         raise _invalid(str(exc)) from None
     started = await _start(request, state, caller, batch_id)
