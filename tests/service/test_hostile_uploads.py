@@ -5,11 +5,7 @@ grows by less than 150 MB while the request runs, and another caller is not slow
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -21,14 +17,11 @@ from typing import Any
 import httpx
 import psutil
 import pytest
-from pydantic import SecretStr
 
-from bananaline.db import make_engine
-from bananaline.service.auth import KeyCipher
-from bananaline.service.callers import CallerRepository
 from batch.hostile import wide_csv, wide_jsonl, xfd_xlsx, zip_bomb_xlsx
 
-SECRET = "hostile-uploads-secret-" + "k" * 24
+from .serve_process import ServeProcess
+
 RSS_BOUND_MB = 150.0
 NESTED_LOOP = "{% for a in range(99999) %}{% for b in range(99999) %}{% endfor %}{% endfor %}"
 #: Figures for the report: ``pytest -s`` prints them.
@@ -37,74 +30,37 @@ FIGURES: dict[str, str] = {}
 
 @dataclass
 class Server:
-    process: subprocess.Popen[bytes]
-    base_url: str
-    db_path: Path
-    log_path: Path
+    serve: ServeProcess
     attacker: str
     bystander: str
 
+    @property
+    def pid(self) -> int:
+        return self.serve.pid
+
+    @property
+    def db_path(self) -> Path:
+        return self.serve.root / "service.db"
+
     def client(self, token: str | None = None) -> httpx.Client:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return httpx.Client(base_url=self.base_url, headers=headers, timeout=60, trust_env=False)
+        return httpx.Client(base_url=self.serve.base_url, headers=headers, timeout=60, trust_env=False)
 
     def assert_alive(self) -> None:
-        assert self.process.poll() is None, self.log_path.read_text()[-3000:]
+        process = self.serve.process
+        assert process is not None and process.poll() is None, self.serve.log_path.read_text()[-3000:]
         with self.client() as http:
             assert http.get("/healthz").status_code == 200
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server(simulator: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    root = tmp_path_factory.mktemp("hostile")
-    port = _free_port()
-    db_path = root / "s.db"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BANANALINE_")} | {
-        "BANANALINE_SECRET_KEY": SECRET,
-        "BANANALINE_BASE_URL": simulator.base_url,
-        "BANANALINE_SPOOL_DIR": str(root / "spool"),
-        "BANANALINE_OUT_DIR": str(root / "out"),
-    }
-    command = [
-        sys.executable, "-m", "bananaline", "serve", "--host", "127.0.0.1", "--port", str(port),
-        "--db", f"sqlite:///{db_path}", "--store", f"file://{root / 'img'}",
-    ]  # fmt: skip
-    log_path = root / "serve.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(command, cwd=root, env=env, stdout=log, stderr=log)
-    base_url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        assert process.poll() is None, log_path.read_text()
-        try:
-            if httpx.get(base_url + "/healthz", timeout=1, trust_env=False).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, log_path.read_text()
-        time.sleep(0.1)
-    engine = make_engine(f"sqlite:///{db_path}")
-    try:
-        callers = CallerRepository(engine, KeyCipher(SecretStr(SECRET)))
+    with ServeProcess(tmp_path_factory.mktemp("hostile"), simulator.base_url) as serve:
         tokens = [
-            callers.add(f"{role}-{secrets.token_hex(3)}", upstream_key=f"upstream-{role}", concurrency=8)[1]
+            serve.add_caller(f"{role}-{secrets.token_hex(3)}", concurrency=8)
             for role in ("attacker", "bystander")
         ]
-    finally:
-        engine.dispose()
-    yield Server(process, base_url, db_path, log_path, *tokens)
-    process.terminate()
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=5)
+        yield Server(serve, *tokens)
     if FIGURES:
         print("\nhostile uploads:", *(f"  {name}: {figure}" for name, figure in FIGURES.items()), sep="\n")
 
@@ -167,7 +123,7 @@ def _upload(server: Server, name: str, payload: bytes, **data: str) -> httpx.Res
 def test_a_hostile_sheet_is_a_413_and_the_service_stays_up(server, name, build, match):
     payload = build()
     started = time.perf_counter()
-    with PeakRss(server.process.pid) as rss:
+    with PeakRss(server.pid) as rss:
         response = _upload(server, name, payload)
     elapsed = time.perf_counter() - started
     FIGURES[name] = (
@@ -183,7 +139,7 @@ def test_a_hostile_sheet_is_a_413_and_the_service_stays_up(server, name, build, 
 def test_string_multiplication_in_a_template_is_a_422_and_nothing_is_stored(server):
     rows = b"product\n" + b"".join(b"banana %d\n" % i for i in range(4))
     db_before = server.db_path.stat().st_size
-    with PeakRss(server.process.pid) as rss:
+    with PeakRss(server.pid) as rss:
         response = _upload(server, "rows.csv", rows, columns='{"template": "{{ \'x\' * 50000000 }}"}')
     FIGURES["template x*5e7"] = f"{response.status_code}, RSS +{rss.growth_mb:.1f} MB"
     assert response.status_code == 422, response.text
@@ -204,7 +160,7 @@ def test_six_looping_templates_do_not_slow_another_caller(server):
     rows = b"product\nbanana\n"
     columns = json.dumps({"template": NESTED_LOOP})
     usage_s: list[float] = []
-    with PeakRss(server.process.pid) as rss, ThreadPoolExecutor(6) as pool:
+    with PeakRss(server.pid) as rss, ThreadPoolExecutor(6) as pool:
         started = time.perf_counter()
         futures = [pool.submit(_upload, server, f"loop{i}.csv", rows, columns=columns) for i in range(6)]
         time.sleep(0.5)

@@ -23,7 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ...batch import BatchInputError, BatchNotFound, ColumnConfig, read_table_bytes
 from ...batch.results import BatchStatus
-from ...batch.sheet_limits import SheetError, SheetLimits, SheetTooLarge
+from ...batch.sheet_limits import MAX_SHEET_ROWS, UPLOAD_LIMITS, SheetError, SheetTooLarge
+from ...batch.sheets import cell_text
 from ...batch.template import in_render_pool
 from ...errors import ErrorKind, GenerationError
 from ..auth import Caller
@@ -33,7 +34,7 @@ from ..http_errors import ServiceError, not_found
 
 router = APIRouter(tags=["batches"])
 
-MAX_ROWS = 20_000
+MAX_ROWS = MAX_SHEET_ROWS
 _XLSX_MAGIC = b"PK\x03\x04"
 _OLD_PREFIX, _PREFIX = "/v1/jobs", "/v1/batches"
 
@@ -107,14 +108,6 @@ def _invalid(message: str) -> ServiceError:
     return ServiceError(422, ErrorKind.INVALID_INPUT.value, message, f"请求参数无效：{message}")
 
 
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
 async def _create_and_start(
     request: Request,
     state: StateDep,
@@ -175,7 +168,7 @@ async def _start(request: Request, state: StateDep, caller: Caller, batch_id: st
 async def submit_rows(
     body: BatchSubmission, request: Request, state: StateDep, caller: CallerDep
 ) -> Submitted:
-    rows = [{str(k): _cell(v) for k, v in row.items()} for row in body.rows]
+    rows = [{str(k): cell_text(v) for k, v in row.items()} for row in body.rows]
     return await _create_and_start(
         request, state, caller, rows, None, _column_config(body.columns), body.name
     )
@@ -220,7 +213,7 @@ async def submit_file(
     if fmt != "xlsx" and b"\x00" in data[:4096] and not data.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise _invalid("the upload is not a CSV, XLSX or JSONL sheet")
     try:
-        table = await asyncio.to_thread(read_table_bytes, data, fmt, limits=SheetLimits(max_rows=MAX_ROWS))
+        table = await asyncio.to_thread(read_table_bytes, data, fmt, limits=UPLOAD_LIMITS)
     except SheetTooLarge as exc:
         raise ServiceError(
             413, ErrorKind.PAYLOAD_TOO_LARGE, f"the sheet is too large: {exc}", f"表格过大：{exc}"
