@@ -229,9 +229,7 @@ class BatchRun:
                     delays.append(wait_s)
                     continue
                 slot_taken = True
-                job = await self.db(
-                    self.jobs.claim, self.batch_id, [caller], run_token=self.run_token, lease_s=self.lease_s
-                )
+                job = await self._claim(caller)
             except SQLAlchemyError as exc:  # the job store or the gate ledger is out of reach
                 if slot_taken:
                     gate.release()
@@ -247,6 +245,22 @@ class BatchRun:
             self._start(job)
             return True, delays
         return False, delays
+
+    async def _claim(self, caller: str) -> ClaimedJob | None:
+        """Claim one job of ``caller``. The claim commits in a database thread: a cancel that
+        lands meanwhile (the second Ctrl-C / SIGTERM) must not leave the job claimed by nobody
+        until its lease runs out, so the claim is waited for and given straight back."""
+        claim = self.db(
+            self.jobs.claim, self.batch_id, [caller], run_token=self.run_token, lease_s=self.lease_s
+        )
+        try:
+            job: ClaimedJob | None = await asyncio.shield(claim)
+        except asyncio.CancelledError:
+            claimed = await asyncio.gather(claim, return_exceptions=True)
+            if isinstance(claimed[0], ClaimedJob):
+                self.jobs.release([claimed[0].lease_id])  # on the loop thread: the run is ending
+            raise
+        return job
 
     async def _look_for_work(self, callers: set[str], *, wait: bool) -> bool:
         """A worker's look at the whole queue (every ``poll_s``, and whenever it has no caller left
