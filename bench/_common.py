@@ -10,6 +10,7 @@ reports when it exits (``os.wait4``'s ``ru_maxrss``: exact, no sampling gaps).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -18,7 +19,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,8 @@ import psutil
 
 BENCH_DIR = Path(__file__).resolve().parent
 API_KEY = "bench-key-not-secret"
+#: The local PostgreSQL server of the job-store benchmarks (``--pg-url`` overrides it).
+PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 #: Environment variables a child must not inherit: they would change its settings or send it
 #: through a proxy (which would also make loopback requests leave the machine).
 _DROPPED_ENV_PREFIXES = ("BANANALINE_", "GOOGLE_", "GEMINI_")
@@ -231,6 +235,50 @@ def run_child(argv: Sequence[str], *, cwd: Path, timeout_s: float = 1800.0) -> C
 def check_child(result: ChildResult, what: str) -> None:
     if not result.ok:
         raise SystemExit(f"{what} failed (exit {result.returncode}):\n{result.stderr_tail}")
+
+
+# --- job stores ---------------------------------------------------------------------------------
+
+
+def postgres_reachable(pg_url: str) -> bool:
+    """Whether ``pg_url`` answers; if not, says so on stderr (the caller skips PostgreSQL)."""
+    from sqlalchemy import text
+
+    from bananaline.db.base import make_engine
+
+    try:
+        admin = make_engine(pg_url, connect_args={"connect_timeout": 3})
+        with admin.connect() as conn:
+            conn.execute(text("select 1"))
+        admin.dispose()
+    except Exception as exc:  # any failure to connect: skip PostgreSQL, say why
+        print(f"PostgreSQL at {pg_url} is unreachable ({type(exc).__name__}): skipped", file=sys.stderr)
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def job_store_url(kind: str, pg_url: str, prefix: str) -> Iterator[str]:
+    """A fresh, empty job store: a SQLite file in a temp dir, or a new schema on ``pg_url``
+    (dropped afterwards)."""
+    from sqlalchemy import text
+
+    from bananaline.db.base import make_engine
+
+    if kind == "sqlite":
+        with tempfile.TemporaryDirectory(prefix=f"{prefix}-") as tmp:
+            yield f"sqlite:///{Path(tmp) / 'jobs.db'}"
+        return
+    admin = make_engine(pg_url, connect_args={"connect_timeout": 3})
+    schema = f"{prefix.replace('-', '_')}_{uuid.uuid4().hex[:8]}"
+    with admin.begin() as conn:
+        conn.execute(text(f'create schema "{schema}"'))
+    try:
+        yield f"{pg_url}?options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f'drop schema "{schema}" cascade'))
+        admin.dispose()
 
 
 # --- inside a child ----------------------------------------------------------------------------

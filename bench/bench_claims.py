@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
 import subprocess
@@ -28,13 +27,11 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import _common as common
 
-PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 PLAN = {"prompt": "bench claim", "model": "gemini-2.5-flash-image", "references": []}
 
 
@@ -170,45 +167,6 @@ async def count_round_trips(db_url: str, base_url: str, rows: int, keys_toml: st
     }
 
 
-@contextlib.contextmanager
-def store_url(backend: str, args: argparse.Namespace) -> Iterator[str]:
-    """A fresh, empty job store: a SQLite file in a temp dir, or a new PostgreSQL schema."""
-    from sqlalchemy import text
-
-    from bananaline.db.base import make_engine
-
-    if backend == "sqlite":
-        with tempfile.TemporaryDirectory(prefix="bench-claims-") as tmp:
-            yield f"sqlite:///{Path(tmp) / 'jobs.db'}"
-        return
-    admin = make_engine(args.pg_url, connect_args={"connect_timeout": 3})
-    schema = f"bench_claims_{uuid.uuid4().hex[:8]}"
-    with admin.begin() as conn:
-        conn.execute(text(f'create schema "{schema}"'))
-    try:
-        yield f"{args.pg_url}?options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f'drop schema "{schema}" cascade'))
-        admin.dispose()
-
-
-def postgres_reachable(pg_url: str) -> bool:
-    from sqlalchemy import text
-
-    from bananaline.db.base import make_engine
-
-    try:
-        admin = make_engine(pg_url, connect_args={"connect_timeout": 3})
-        with admin.connect() as conn:
-            conn.execute(text("select 1"))
-        admin.dispose()
-    except Exception as exc:  # any failure to connect: skip PostgreSQL, say why
-        print(f"PostgreSQL at {pg_url} is unreachable ({type(exc).__name__}): skipped", file=sys.stderr)
-        return False
-    return True
-
-
 LIMITLESS = '[callers.alice]\napi_key = "bench-key-not-secret"\n'
 LIMITED = '[callers.alice]\napi_key = "bench-key-not-secret"\nconcurrency = 8\nrpm = 100000\n'
 
@@ -216,11 +174,14 @@ LIMITED = '[callers.alice]\napi_key = "bench-key-not-secret"\nconcurrency = 8\nr
 def measure_backend(backend: str, args: argparse.Namespace, sim: common.SimulatorProcess) -> dict:
     figures: dict[str, Any] = {"drains": [], "round_trips": {}}
     for claimers in args.claimers:
-        with store_url(backend, args) as url:
+        with common.job_store_url(backend, args.pg_url, "bench-claims") as url:
             seed(url, args.jobs, args.history)
             figures["drains"].append(drain(url, claimers, args.jobs))
     for label, keys_toml in (("no caller limits", LIMITLESS), ("concurrency + rpm", LIMITED)):
-        with store_url(backend, args) as url, tempfile.TemporaryDirectory(prefix="bench-claims-") as tmp:
+        with (
+            common.job_store_url(backend, args.pg_url, "bench-claims") as url,
+            tempfile.TemporaryDirectory(prefix="bench-claims-") as tmp,
+        ):
             sim.reset()
             figures["round_trips"][label] = asyncio.run(
                 count_round_trips(url, sim.base_url, args.rows, keys_toml, Path(tmp))
@@ -237,7 +198,7 @@ def main() -> None:
     parser.add_argument("--claimers", type=int, nargs="+", default=[1, 4, 16], help="claimer processes")
     parser.add_argument("--rows", type=int, default=200, help="rows of the round-trip count")
     parser.add_argument("--backends", nargs="+", default=["sqlite", "postgresql"])
-    parser.add_argument("--pg-url", default=PG_URL)
+    parser.add_argument("--pg-url", default=common.PG_URL)
     parser.add_argument("--json", action="store_true", help="also print every figure as JSON")
     parser.add_argument("--not-realistic", action="store_true", help="accepted for symmetry (always tiny)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -255,7 +216,7 @@ def main() -> None:
     }
     with common.SimulatorProcess(latency_s=0.0, realistic=False) as sim:
         for backend in args.backends:
-            if backend == "postgresql" and not postgres_reachable(args.pg_url):
+            if backend == "postgresql" and not common.postgres_reachable(args.pg_url):
                 continue
             report["backends"][backend] = measure_backend(backend, args, sim)
     report["load_after"] = common.load_line()

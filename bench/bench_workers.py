@@ -15,7 +15,6 @@ time is shown beside it), and every row is checked done exactly once (the simula
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import subprocess
@@ -23,35 +22,12 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import _common as common
 
 MODEL = "gemini-3-pro-image-preview"
-PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-
-
-@contextlib.contextmanager
-def job_store(kind: str, pg_url: str, work_dir: Path) -> Iterator[str]:
-    from sqlalchemy import text
-
-    from bananaline.db.base import make_engine
-
-    if kind == "sqlite":
-        yield f"sqlite:///{work_dir / 'jobs.db'}"
-        return
-    admin = make_engine(pg_url, connect_args={"connect_timeout": 3})
-    schema = f"bench_workers_{uuid.uuid4().hex[:8]}"
-    with admin.begin() as conn:
-        conn.execute(text(f'create schema "{schema}"'))
-    try:
-        yield f"{pg_url}?options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f'drop schema "{schema}" cascade'))
-        admin.dispose()
 
 
 def submit(db_url: str, rows: int, run_label: str) -> str:
@@ -102,7 +78,7 @@ def run_workers(args: argparse.Namespace, sim: common.SimulatorProcess, workers:
 
     with tempfile.TemporaryDirectory(prefix="bench-workers-") as tmp:
         work_dir = Path(tmp)
-        with job_store(args.db, args.pg_url, work_dir) as db_url:
+        with common.job_store_url(args.db, args.pg_url, "bench-workers") as db_url:
             label = f"{workers}w-{uuid.uuid4().hex[:6]}"
             batch_id = submit(db_url, args.rows, label)
             sim.reset()
@@ -178,11 +154,13 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16, help="per worker")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 3])
     parser.add_argument("--db", choices=["postgresql", "sqlite"], default="postgresql")
-    parser.add_argument("--pg-url", default=PG_URL)
+    parser.add_argument("--pg-url", default=common.PG_URL)
     parser.add_argument("--no-derivatives", action="store_true", help="store the original image only")
     parser.add_argument("--not-realistic", action="store_true", help="tiny flat images (smoke runs)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if args.db == "postgresql" and not common.postgres_reachable(args.pg_url):
+        raise SystemExit("no PostgreSQL to measure on: start it, give --pg-url, or use --db sqlite")
     report: dict[str, Any] = {
         "latency_s": args.latency,
         "db": args.db,

@@ -56,3 +56,26 @@ def test_batch_4k_rss_reports_the_engine() -> None:
     data = figures["sides"]["bananaline"]
     assert data["rows_done"] == 3
     assert data["simulator_max_in_flight"] == 3
+
+
+def test_claims_drains_every_job_once_and_counts_round_trips() -> None:
+    table, figures = run_bench(
+        "bench_claims.py",
+        *("--backends", "sqlite", "--jobs", "40", "--history", "10", "--claimers", "1", "2", "--rows", "6"),
+    )
+    assert "| jobs/s (claim + finish) |" in table and "| SQL statements per row |" in table
+    sqlite = figures["backends"]["sqlite"]
+    assert [(d["claimers"], sum(d["per_claimer"])) for d in sqlite["drains"]] == [(1, 40), (2, 40)]
+    for trips in sqlite["round_trips"].values():
+        assert trips["rows"] == 6 and trips["statements_per_row"] > 0 and trips["transactions_per_row"] > 0
+
+
+def test_workers_share_one_batch_and_print_the_speed_up() -> None:
+    table, figures = run_bench(
+        "bench_workers.py",
+        *("--db", "sqlite", "--rows", "8", "--latency", "0.2", "--concurrency", "2", "--workers", "1", "2"),
+    )
+    assert "| speed-up |" in table and "| ideal rows/s |" in table
+    assert [run["workers"] for run in figures["runs"]] == [1, 2]
+    for run in figures["runs"]:
+        assert sum(run["rows_per_worker"]) == 8 and run["simulator_max_in_flight"] <= 2 * run["workers"]

@@ -1,12 +1,16 @@
-"""``compose.yaml`` says only true things: every ``bananaline`` command in it parses with the CLI's
-own parser (a renamed or removed flag, a bad value, an unknown command fails here), every
-``BANANALINE_*`` variable it sets is a setting, and what it builds from exists."""
+"""``compose.yaml`` says only true things: every ``bananaline`` command in it (and every ``docker
+compose run`` line it and docs/scaling.md suggest) parses with the CLI's own parser (a renamed or
+removed flag, a bad value, an unknown command fails here), every ``BANANALINE_*`` variable it sets
+is a setting with a valid value, its database and store URLs point at the services it runs, and
+what it builds from exists."""
 
 from __future__ import annotations
 
 import re
+import shlex
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import typer
@@ -15,6 +19,7 @@ from typer.core import TyperGroup
 
 from bananaline.cli import app
 from bananaline.config import Settings
+from bananaline.storage.urls import parse_store_url
 
 ROOT = Path(__file__).resolve().parents[1]
 _VARIABLE = re.compile(r"\$\{(?P<name>\w+)(?:(?P<op>:-|:\?)(?P<arg>[^}]*))?\}")
@@ -82,16 +87,59 @@ def test_the_checker_refuses_what_the_cli_refuses() -> None:
     assert _parse(["batch", "submit", "in.csv", "--json"]).params["as_json"] is True
 
 
-def test_environment_names_settings_and_the_build_context_exists() -> None:
+def test_the_suggested_compose_run_commands_parse() -> None:
+    """``docker compose run --rm worker ARGS`` replaces the worker's command: ARGS must be a command."""
+    text = (ROOT / "compose.yaml").read_text(encoding="utf-8")
+    text += (ROOT / "docs" / "scaling.md").read_text(encoding="utf-8")
+    lines = re.findall(r"docker\s+compose\s+run\s+--rm\s+worker\s+([^`#\n]+)", text)
+    assert len(lines) >= 4, lines
+    for line in lines:
+        args = [arg.replace("BATCH", "b_x") for arg in shlex.split(line)]
+        assert _parse(args).command.name in {"submit", "status", "export"}, line
+
+
+def test_environment_names_valid_settings_and_the_build_context_exists(monkeypatch) -> None:
     compose = _compose()
     fields = set(Settings.model_fields)
     for name, service in _bananaline_services(compose).items():
-        for variable in service["environment"]:
+        for variable, value in service["environment"].items():
             if variable.startswith("BANANALINE_"):
                 assert variable.removeprefix("BANANALINE_").lower() in fields, (name, variable)
+                monkeypatch.setenv(variable, str(value))
+        settings = Settings()  # every value validates, as in the container
+        assert settings.shares_limits and settings.db_url.startswith("postgresql+psycopg://")
         dockerfile = service["build"]["dockerfile_inline"]
         for source in re.findall(r"^COPY (.+) \S+$", dockerfile, flags=re.MULTILINE):
             for path in source.split():
                 assert (ROOT / path).exists(), path
         assert service["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert compose["services"]["worker"]["stop_signal"] == "SIGTERM"
+    assert compose["services"]["worker"]["stop_grace_period"] == "10m"  # docs/scaling.md says so
+
+
+def test_the_database_and_store_urls_point_at_the_services_this_file_runs() -> None:
+    from sqlalchemy.engine import make_url
+
+    compose = _compose()
+    services = compose["services"]
+    postgres = services["postgres"]["environment"]
+    bucket_job = " ".join(services["bucket"]["command"])
+    for name, service in _bananaline_services(compose).items():
+        params = _parse([str(arg) for arg in service["command"]]).params
+        for db in (params["db"], service["environment"]["BANANALINE_DB_URL"]):
+            url = make_url(db)
+            assert url.host in services and url.port == 5432, (name, db)
+            assert (url.username, url.password, url.database) == (
+                postgres["POSTGRES_USER"],
+                postgres["POSTGRES_PASSWORD"],
+                postgres["POSTGRES_DB"],
+            ), name
+        for store in (params["store"], service["environment"]["BANANALINE_STORE_URL"]):
+            location = parse_store_url(store)
+            assert location.scheme == "s3" and location.endpoint, (name, store)
+            assert urlsplit(location.endpoint).hostname in services, store
+            assert f"mb --ignore-existing local/{location.bucket}" in bucket_job, (name, store)
+        minio = services["minio"]["environment"]
+        environment = service["environment"]
+        assert environment["BANANALINE_S3_ACCESS_KEY_ID"] == minio["MINIO_ROOT_USER"], name
+        assert environment["BANANALINE_S3_SECRET_ACCESS_KEY"] == minio["MINIO_ROOT_PASSWORD"], name

@@ -50,6 +50,8 @@ def without_psycopg(tmp_path: Path) -> dict[str, str]:
         (["batch", "status"], PG_URL),
         (["batch", "retry-failed", "b_x"], PG_URL),
         (["batch", "export", "b_x", "--out", "x.csv"], PG_URL),
+        (["batch", "submit", "in.csv"], PG_URL),
+        (["worker", "--exit-when-idle"], PG_URL),
         (["serve", "--port", "9"], PG_URL),
         (["callers", "list"], PG_URL),
         (["callers", "add", "someone"], PG_URL),
@@ -61,6 +63,7 @@ def without_psycopg(tmp_path: Path) -> dict[str, str]:
 def test_a_missing_postgres_driver_says_what_to_install(
     command: list[str], url: str, without_psycopg: dict[str, str], tmp_path: Path
 ) -> None:
+    (tmp_path / "in.csv").write_text("prompt\na banana\n", encoding="utf-8")
     done = subprocess.run(
         [sys.executable, "-m", "bananaline", *command, "--db", url],
         cwd=tmp_path,

@@ -7,60 +7,40 @@ generated twice; every other prompt must reach the upstream exactly once.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from bananaline.batch.models import ImageRecord, JobRecord
 from bananaline.db.base import make_engine
 from bananaline.simulator import prompt_id
 from pg_support import fresh_postgres_schema
 
+from .cli_process import job_counts, start_bananaline
+
 ROWS = 40
 
 
-def _run_cli(tmp_path: Path, sim, db_url: str, store_url: str) -> subprocess.Popen:
-    env = {
-        **os.environ,
-        "BANANALINE_API_KEY": "kill-test-key-0001",
-        "BANANALINE_BACKOFF_INITIAL_S": "0.01",
-        "BANANALINE_SPOOL_DIR": str(tmp_path / "spool"),
-    }
-    command = [
-        sys.executable,
-        "-c",
-        "from bananaline.cli import app; app()",
-        "batch",
-        "run",
-        "in.csv",
-        "--db",
-        db_url,
-        "--store",
-        store_url,
-        "--base-url",
-        sim.base_url,
-        "--concurrency",
-        "8",
-        "--no-progress",
-    ]
-    return subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+def _run_cli(tmp_path: Path, sim, db_url: str) -> subprocess.Popen[bytes]:
+    """``bananaline batch run in.csv`` with its images in ``tmp_path / "store"``."""
+    return start_bananaline(
+        tmp_path,
+        sim,
+        *("batch", "run", "in.csv", "--concurrency", "8", "--no-progress"),
+        db_url=db_url,
+        api_key="kill-test-key-0001",
+    )
 
 
 def _counts(db_url: str) -> dict[str, int]:
-    engine = make_engine(db_url)
     try:
-        with engine.connect() as conn:
-            return dict(conn.execute(select(JobRecord.status, func.count()).group_by(JobRecord.status)).all())
+        return job_counts(db_url)
     except Exception:  # noqa: BLE001 - the tables may not exist yet
         return {}
-    finally:
-        engine.dispose()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -77,10 +57,9 @@ def test_sigkill_mid_run_then_resume_finishes_every_row_exactly_once(fast_sim, t
     prompts = [f"kill test row {i}: a banana" for i in range(ROWS)]
     (tmp_path / "in.csv").write_text("prompt,n\n" + "".join(f"{p},1\n" for p in prompts), encoding="utf-8")
     store_dir = tmp_path / "store"
-    store_url = f"file://{store_dir}"
 
     started = time.monotonic()
-    first = _run_cli(tmp_path, fast_sim, db_url, store_url)
+    first = _run_cli(tmp_path, fast_sim, db_url)
     deadline = time.monotonic() + 60
     while _counts(db_url).get("done", 0) < 10:
         assert first.poll() is None, first.communicate()
@@ -97,7 +76,7 @@ def test_sigkill_mid_run_then_resume_finishes_every_row_exactly_once(fast_sim, t
             conn.execute(select(JobRecord.row_index).where(JobRecord.status == "running")).scalars()
         )
 
-    second = _run_cli(tmp_path, fast_sim, db_url, store_url)
+    second = _run_cli(tmp_path, fast_sim, db_url)
     out, err = second.communicate(timeout=120)
     elapsed_s = time.monotonic() - started
     assert second.returncode == 0, err.decode()
@@ -130,7 +109,7 @@ def test_ctrl_c_stops_claiming_lets_in_flight_finish_and_the_next_run_resumes(fa
     (tmp_path / "in.csv").write_text(
         "prompt\n" + "".join(f"ctrl-c row {i}\n" for i in range(ROWS)), encoding="utf-8"
     )
-    first = _run_cli(tmp_path, fast_sim, db_url, f"file://{tmp_path / 'store'}")
+    first = _run_cli(tmp_path, fast_sim, db_url)
     deadline = time.monotonic() + 60
     while _counts(db_url).get("done", 0) < 5:
         assert first.poll() is None and time.monotonic() < deadline
@@ -144,7 +123,7 @@ def test_ctrl_c_stops_claiming_lets_in_flight_finish_and_the_next_run_resumes(fa
     calls = fast_sim.stats()["requests_total"]
     assert calls == stopped["done"]  # nothing in flight was abandoned
 
-    second = _run_cli(tmp_path, fast_sim, db_url, f"file://{tmp_path / 'store'}")
+    second = _run_cli(tmp_path, fast_sim, db_url)
     _, err = second.communicate(timeout=120)
     assert second.returncode == 0, err.decode()
     assert _counts(db_url) == {"done": ROWS}

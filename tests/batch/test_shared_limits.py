@@ -5,10 +5,8 @@ the simulator in this process."""
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,6 +14,8 @@ import pytest
 
 from bananaline.simulator import key_id, prompt_id
 from pg_support import fresh_postgres_schema
+
+from .cli_process import start_bananaline
 
 pytestmark = pytest.mark.postgres
 
@@ -31,38 +31,10 @@ def _keys(tmp_path: Path, *, concurrency: int, rpm: int | None) -> Path:
     return path
 
 
-def _start(tmp_path: Path, sim, db_url: str) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "BANANALINE_BACKOFF_INITIAL_S": "0.01",
-        "BANANALINE_SPOOL_DIR": str(tmp_path / "spool"),
-        "BANANALINE_MAKE_COMPRESSED": "false",
-    }
-    command = [
-        sys.executable,
-        "-c",
-        "from bananaline.cli import app; app()",
-        "batch",
-        "run",
-        "in.csv",
-        "--keys",
-        "keys.toml",
-        "--db",
-        db_url,
-        "--store",
-        f"file://{tmp_path / 'store'}",
-        "--base-url",
-        sim.base_url,
-        "--concurrency",
-        "8",
-        "--no-progress",
-    ]
-    return subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-
 def _three_processes(tmp_path: Path, sim, db_url: str) -> list[subprocess.Popen[bytes]]:
     """Three runs of the same sheet at once: one batch (same content, same id), three runners."""
-    return [_start(tmp_path, sim, db_url) for _ in range(3)]
+    args = ("batch", "run", "in.csv", "--keys", "keys.toml", "--concurrency", "8", "--no-progress")
+    return [start_bananaline(tmp_path, sim, *args, db_url=db_url, make_compressed="false") for _ in range(3)]
 
 
 @pytest.fixture

@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -24,6 +22,8 @@ from bananaline.batch.keys import CallerKey, KeyRing
 from bananaline.batch.store import JobStore
 from bananaline.cli import app
 from bananaline.simulator import prompt_id
+
+from .cli_process import start_bananaline
 
 KEY = "worker-test-key-0001"
 
@@ -202,28 +202,16 @@ def test_worker_process_first_signal_finishes_second_gives_back(tmp_path, settin
     fast_sim.set_latency(2.0)
     engine = _engine(settings_for, fast_sim)
     batch_id = engine.create_batch(_rows("signals", 6))
-    env = {**os.environ, "BANANALINE_API_KEY": KEY, "BANANALINE_SPOOL_DIR": str(tmp_path / "spool")}
     log = tmp_path / "worker.log"
     with log.open("wb") as stderr:
-        worker = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                "from bananaline.cli import app; app()",
-                "worker",
-                "--db",
-                engine.db_url,
-                "--store",
-                f"file://{tmp_path / 'store'}",
-                "--base-url",
-                fast_sim.base_url,
-                "--concurrency",
-                "3",
-            ],
-            cwd=tmp_path,
-            env=env,
+        worker = start_bananaline(
+            tmp_path,
+            fast_sim,
+            *("worker", "--concurrency", "3"),
+            db_url=engine.db_url,
             stdout=subprocess.DEVNULL,
             stderr=stderr,
+            api_key=KEY,
         )
         try:
             deadline = time.monotonic() + 60
@@ -250,3 +238,56 @@ def test_worker_process_first_signal_finishes_second_gives_back(tmp_path, settin
     claimed = [e for e in events if e["event"] == "job_claimed"]
     assert len(claimed) == 3 and {e["worker"] for e in claimed} == {events[0]["worker"]}
     engine.close()
+
+
+class _Log:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, dict]] = []
+
+    def warning(self, event: str, **fields) -> None:
+        self.events.append(("warning", event, fields))
+
+    def error(self, event: str, **fields) -> None:
+        self.events.append(("error", event, fields))
+
+
+def test_a_worker_started_before_its_database_waits_with_backoff(monkeypatch):
+    """Patient (a long-running worker): retries 0.5 s, 1 s, … until the database answers."""
+    from bananaline.batch import worker_cli
+    from bananaline.config import Settings
+
+    attempts: list[float] = []
+
+    def engine(settings, keyring, *, lease_s):
+        attempts.append(lease_s)
+        if len(attempts) < 3:
+            raise OperationalError("connect", {}, ConnectionError("connection refused"))
+        return "the engine"
+
+    sleeps: list[float] = []
+    monkeypatch.setattr(worker_cli, "_engine", engine)
+    monkeypatch.setattr(worker_cli.time, "sleep", sleeps.append)
+    log = _Log()
+    settings = Settings(db_url="postgresql+psycopg://u:pw-not-shown@127.0.0.1:1/x")
+    got = worker_cli._connect(settings, KeyRing({}), lease_s=30, patient=True, log=log)
+    assert got == "the engine" and attempts == [30, 30, 30] and sleeps == [0.5, 1.0]
+    assert [(level, event) for level, event, _ in log.events] == [("warning", "worker_db_unavailable")] * 2
+    assert all("pw-not-shown" not in fields["db"] for _, _, fields in log.events)
+
+
+def test_an_exit_when_idle_worker_gives_up_on_an_absent_database_at_once():
+    """``--exit-when-idle`` (scripts): the real connection error, exit 1, no wait."""
+    import typer
+
+    from bananaline.batch import worker_cli
+    from bananaline.config import Settings
+
+    log = _Log()
+    settings = Settings(db_url="postgresql+psycopg://u:pw-not-shown@127.0.0.1:1/x")
+    started = time.monotonic()
+    with pytest.raises(typer.Exit) as stopped:
+        worker_cli._connect(settings, KeyRing({}), lease_s=30, patient=False, log=log)
+    assert stopped.value.exit_code == worker_cli.EXIT_DB_UNAVAILABLE == 1
+    assert time.monotonic() - started < 30
+    [(level, event, fields)] = log.events
+    assert (level, event) == ("error", "worker_db_unavailable") and "pw-not-shown" not in fields["db"]

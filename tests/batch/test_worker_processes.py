@@ -15,15 +15,13 @@ process (issue 10): one queue, one set of caller limits, nothing lost when a wor
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from bananaline.batch.engine import BatchEngine
 from bananaline.batch.models import JobRecord
@@ -31,6 +29,9 @@ from bananaline.config import Settings
 from bananaline.db.base import make_engine
 from bananaline.simulator import key_id, prompt_id
 from pg_support import fresh_postgres_schema
+
+from .cli_process import job_counts as _counts
+from .cli_process import start_bananaline
 
 pytestmark = pytest.mark.postgres
 
@@ -61,35 +62,18 @@ def _submit(db_url: str, caller: str, prompts: list[str]) -> str:
 
 
 def _worker(tmp_path: Path, sim, db_url: str, index: int, *, concurrency: int, lease_s: float):
-    env = {
-        **os.environ,
-        "BANANALINE_BACKOFF_INITIAL_S": "0.01",
-        "BANANALINE_SPOOL_DIR": str(tmp_path / "spool"),
-        "BANANALINE_MAKE_COMPRESSED": "false",
-    }
-    command = [
-        sys.executable,
-        "-c",
-        "from bananaline.cli import app; app()",
-        "worker",
-        "--db",
-        db_url,
-        "--keys",
-        str(tmp_path / "keys.toml"),
-        "--store",
-        f"file://{tmp_path / 'store'}",
-        "--base-url",
-        sim.base_url,
-        "--concurrency",
-        str(concurrency),
-        "--lease-s",
-        str(lease_s),
-        "--poll-s",
-        "0.2",
-        "--exit-when-idle",
-    ]
-    log = (tmp_path / f"worker{index}.log").open("wb")
-    return subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=log)
+    args = ["worker", "--keys", str(tmp_path / "keys.toml"), "--concurrency", str(concurrency)]
+    args += ["--lease-s", str(lease_s), "--poll-s", "0.2", "--exit-when-idle"]
+    with (tmp_path / f"worker{index}.log").open("wb") as log:
+        return start_bananaline(
+            tmp_path,
+            sim,
+            *args,
+            db_url=db_url,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            make_compressed="false",
+        )
 
 
 def _events(tmp_path: Path, index: int) -> list[dict]:
@@ -98,18 +82,6 @@ def _events(tmp_path: Path, index: int) -> list[dict]:
         if line.startswith("{"):
             events.append(json.loads(line))
     return events
-
-
-def _counts(db_url: str, **where: str) -> dict[str, int]:
-    engine = make_engine(db_url)
-    try:
-        stmt = select(JobRecord.status, func.count()).group_by(JobRecord.status)
-        for column, value in where.items():
-            stmt = stmt.where(getattr(JobRecord, column) == value)
-        with engine.connect() as conn:
-            return dict(conn.execute(stmt).all())
-    finally:
-        engine.dispose()
 
 
 def _wait_for(condition, timeout_s: float, what: str) -> None:

@@ -4,7 +4,6 @@ its real start-up path (environment settings, uvicorn flags)."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -14,22 +13,20 @@ from typing import Any
 
 import httpx
 
+from bananaline.simulator import free_port
+
 from .conftest import SECRET_KEY
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class ServeProcess:
-    """``python -m bananaline serve`` on a free loopback port, settings through ``BANANALINE_*``."""
+    """``python -m bananaline serve`` on a free loopback port, settings through ``BANANALINE_*``
+    (``env``: ``db_url="…"`` for ``BANANALINE_DB_URL`` and so on; the database defaults to a
+    SQLite file in ``root``)."""
 
     def __init__(self, root: Path, upstream: str, *, args: list[str] | None = None, **env: str) -> None:
         self.root = root
         self.port = free_port()
-        self.db_url = f"sqlite:///{root / 'service.db'}"
+        self.db_url = env.get("db_url", f"sqlite:///{root / 'service.db'}")
         values = {
             "BANANALINE_BASE_URL": upstream,
             "BANANALINE_DB_URL": self.db_url,

@@ -8,12 +8,9 @@ or in-thread apps, all on one SQLite file; the simulator holds a generation open
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,35 +20,15 @@ from sqlalchemy import insert, select
 
 from bananaline.db import make_engine, upgrade
 from bananaline.service import tables
-from bananaline.simulator import free_port
 
-from .conftest import SECRET_KEY, RunningService, service_settings
+from .conftest import RunningService, service_settings
+from .serve_process import ServeProcess
 
 SLOW = "a banana that takes its time [sim latency=30]"
 
 
-class ServeProcess:
-    """``python -m bananaline serve`` on a free loopback port."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self.port = free_port()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "bananaline", "serve", "--port", str(self.port)],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{self.base_url}/healthz", trust_env=False).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert self.process.poll() is None, "serve exited during start-up"
-            assert time.monotonic() < deadline, "serve did not come up"
-            time.sleep(0.05)
+class RecoveryServer(ServeProcess):
+    """A server on the test's one SQLite file, asked for a generation that stays running."""
 
     def post_slow(self, apikey: str) -> str:
         response = httpx.post(
@@ -71,37 +48,30 @@ class ServeProcess:
         return dict(response.json())
 
     def kill(self) -> None:
+        assert self.process is not None
         self.process.send_signal(signal.SIGKILL)
         self.process.wait(timeout=10)
 
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-
 
 @pytest.fixture
-def serve_env(tmp_path: Path, simulator: Any) -> dict[str, str]:
-    return {
-        **os.environ,
-        "BANANALINE_DB_URL": f"sqlite:///{tmp_path / 'tasks.db'}",
-        "BANANALINE_STORE_URL": f"file://{tmp_path / 'images'}",
-        "BANANALINE_SPOOL_DIR": str(tmp_path / "spool"),
-        "BANANALINE_SECRET_KEY": SECRET_KEY,
-        "BANANALINE_BASE_URL": simulator.base_url,
-        "BANANALINE_PLUGIN_WAIT_S": "0.3",
-        "BANANALINE_MAX_ATTEMPTS": "1",
-    }
+def start_server(tmp_path: Path, simulator: Any) -> Iterator[Callable[[], RecoveryServer]]:
+    """Starts ``bananaline serve`` processes that share one database, store and spool; stops them
+    all at the end."""
+    started: list[RecoveryServer] = []
 
+    def start() -> RecoveryServer:
+        server = RecoveryServer(
+            tmp_path / f"serve{len(started)}",
+            simulator.base_url,
+            db_url=f"sqlite:///{tmp_path / 'tasks.db'}",
+            store_url=f"file://{tmp_path / 'images'}",
+            spool_dir=str(tmp_path / "spool"),
+            plugin_wait_s="0.3",
+        )
+        started.append(server)
+        return server.start()
 
-@pytest.fixture
-def servers() -> Iterator[list[ServeProcess]]:
-    started: list[ServeProcess] = []
-    yield started
+    yield start
     for server in started:
         server.stop()
 
@@ -124,15 +94,13 @@ def _assert_interrupted(answer: dict[str, Any], task_id: str, detail: str) -> No
     assert answer["task_id"] == task_id and answer["url"] == "" and answer["urls"] == []
 
 
-def test_kill_9_then_restart_interrupts_orphans_but_never_a_live_workers_task(sim, serve_env, servers):
-    db_url = serve_env["BANANALINE_DB_URL"]
-    first = ServeProcess(serve_env)
-    servers.append(first)
+def test_kill_9_then_restart_interrupts_orphans_but_never_a_live_workers_task(sim, start_server):
+    first = start_server()
+    db_url = first.db_url
     read_on_start, read_lazily = first.post_slow("own-key-recovery-1"), first.post_slow("own-key-recovery-2")
 
     # a second worker starting on the same database leaves the live worker's tasks alone
-    other_worker = ServeProcess(serve_env)
-    servers.append(other_worker)
+    other_worker = start_server()
     assert other_worker.get_task(read_on_start)["status"] == "running"
     assert _status_in_db(db_url, read_on_start) == _status_in_db(db_url, read_lazily) == "running"
 
@@ -142,8 +110,7 @@ def test_kill_9_then_restart_interrupts_orphans_but_never_a_live_workers_task(si
     assert _status_in_db(db_url, read_on_start) == "running"  # ... and only that one: nobody read it yet
 
     # ... and a restarted server interrupts every orphan during start-up, before anyone asks
-    restarted = ServeProcess(serve_env)
-    servers.append(restarted)
+    restarted = start_server()
     assert _status_in_db(db_url, read_on_start) == "failed"
     answer = restarted.get_task(read_on_start)
     _assert_interrupted(answer, read_on_start, "service_restarted")

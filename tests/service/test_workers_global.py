@@ -24,7 +24,6 @@ PRO_1K = float(catalog.MODELS["gemini-3-pro-image-preview"].price_for("1K"))
 def four_workers(sim, tmp_path):
     with fresh_postgres_schema("bl_workers") as (url, _schema):
         server = ServeProcess(tmp_path / "serve", sim.base_url, args=["--workers", "4"], db_url=url)
-        server.db_url = url
         with server:
             yield server
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,13 +18,14 @@ from rich.table import Table as RichTable
 
 from ..atomicfile import atomic_write
 from ..config import Settings
+from ..db.base import _safe as safe_db_url
 from ..types import WireProtocol
 from .columns import ColumnConfig
 from .engine import BatchEngine, BatchInputError, BatchNotFound
 from .keys import KeyRing
 from .progress import ProgressBar, ProgressSnapshot
 from .report import BatchSummary, render_html, summary_lines
-from .sheets import format_of, read_table
+from .sheets import Table, format_of, read_table
 from .template import TemplateRejected
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_show_locals=False)
@@ -32,6 +35,19 @@ out_console = Console()
 EXIT_OK, EXIT_FAILED_ROWS, EXIT_INVALID, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 DbOption = Annotated[str | None, typer.Option("--db", help="SQLAlchemy URL of the job store.")]
+InputArgument = Annotated[Path, typer.Argument(metavar="INPUT", help=".csv, .xlsx or .jsonl")]
+StoreOption = Annotated[str | None, typer.Option(help="Image store: file://, s3:// or oss:// URL.")]
+KeysOption = Annotated[Path | None, typer.Option(help="Keys TOML: per-caller API keys and limits.")]
+BaseUrlOption = Annotated[str | None, typer.Option(help="Upstream base URL.")]
+ProtocolOption = Annotated[WireProtocol | None, typer.Option(help="Wire protocol of the upstream.")]
+BatchConfigOption = Annotated[
+    Path | None,
+    typer.Option("--batch-config", help="Batch config TOML: a columns table and a prompt template."),
+]
+ColOption = Annotated[list[str] | None, typer.Option("--col", help="ROLE=COLUMN, e.g. prompt=提示词.")]
+TemplateOption = Annotated[str | None, typer.Option(help="Jinja2 prompt template over the row's columns.")]
+ModelOption = Annotated[str | None, typer.Option(help="Model for rows that do not name one.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 
 def _invalid(message: str) -> typer.Exit:
@@ -61,6 +77,35 @@ def _engine(
         raise _invalid(escape(str(exc))) from None
 
 
+def _keyring(keys: Path | None, settings: Settings) -> KeyRing:
+    """The callers of a keys file, or one caller with the configured API key."""
+    try:
+        return KeyRing.from_toml(keys) if keys else KeyRing.single(settings.api_key)
+    except (OSError, ValueError) as exc:
+        raise _invalid(f"keys file: {exc}") from exc
+
+
+def _read_sheet(input_path: Path) -> Table:
+    try:
+        return read_table(input_path)
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise _invalid(f"cannot read {input_path}: {exc}") from exc
+
+
+def _create_batch(engine: BatchEngine, input_path: Path, table: Table, columns: ColumnConfig) -> str:
+    """The sheet's batch in the job store (the existing one when this sheet was queued before)."""
+    try:
+        return engine.create_batch(
+            table.rows,
+            columns=columns,
+            header=table.header,
+            base_dir=input_path.parent.resolve(),
+            name=input_path.name,
+        )
+    except (BatchInputError, TemplateRejected) as exc:
+        raise _invalid(str(exc)) from exc
+
+
 def _default_out(input_path: Path) -> Path:
     return input_path.with_name(f"{input_path.stem}.out{input_path.suffix}")
 
@@ -78,29 +123,24 @@ def _columns(config: Path | None, col: list[str] | None, template: str | None) -
 
 @app.command("run")
 def run_command(
-    input_path: Annotated[Path, typer.Argument(metavar="INPUT", help=".csv, .xlsx or .jsonl")],
+    input_path: InputArgument,
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Output sheet (default INPUT.out.EXT).")
     ] = None,
-    store: Annotated[str | None, typer.Option(help="Image store: file://, s3:// or oss:// URL.")] = None,
-    keys: Annotated[Path | None, typer.Option(help="Keys TOML: per-caller API keys and limits.")] = None,
+    store: StoreOption = None,
+    keys: KeysOption = None,
     concurrency: Annotated[int | None, typer.Option(min=1, help="Global cap on requests in flight.")] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Validate and price every row; call no model.")
     ] = False,
     report: Annotated[Path | None, typer.Option(help="Write a self-contained HTML report here.")] = None,
     db: DbOption = None,
-    batch_config: Annotated[
-        Path | None,
-        typer.Option("--batch-config", help="Batch config TOML: a columns table and a prompt template."),
-    ] = None,
-    col: Annotated[list[str] | None, typer.Option("--col", help="ROLE=COLUMN, e.g. prompt=提示词.")] = None,
-    template: Annotated[
-        str | None, typer.Option(help="Jinja2 prompt template over the row's columns.")
-    ] = None,
-    model: Annotated[str | None, typer.Option(help="Model for rows that do not name one.")] = None,
-    base_url: Annotated[str | None, typer.Option(help="Upstream base URL.")] = None,
-    protocol: Annotated[WireProtocol | None, typer.Option(help="Wire protocol of the upstream.")] = None,
+    batch_config: BatchConfigOption = None,
+    col: ColOption = None,
+    template: TemplateOption = None,
+    model: ModelOption = None,
+    base_url: BaseUrlOption = None,
+    protocol: ProtocolOption = None,
     progress: Annotated[
         bool | None, typer.Option(help="Show a progress bar (default: on a terminal).")
     ] = None,
@@ -110,15 +150,9 @@ def run_command(
     settings = _settings(
         db_url=db, store_url=store, base_url=base_url, protocol=protocol, model=model, concurrency=concurrency
     )
-    try:
-        table = read_table(input_path)
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
-        raise _invalid(f"cannot read {input_path}: {exc}") from exc
+    table = _read_sheet(input_path)
     columns = _columns(batch_config, col, template)
-    try:
-        keyring = KeyRing.from_toml(keys) if keys else KeyRing.single(settings.api_key)
-    except (OSError, ValueError) as exc:
-        raise _invalid(f"keys file: {exc}") from exc
+    keyring = _keyring(keys, settings)
     if dry_run:
         _dry_run(table.rows, columns, settings, keyring, input_path.parent)
         return
@@ -128,18 +162,10 @@ def run_command(
     except ValueError as exc:
         raise _invalid(str(exc)) from exc
     engine = _engine(settings, keyring)
-    try:
-        batch_id = engine.create_batch(
-            table.rows,
-            columns=columns,
-            header=table.header,
-            base_dir=input_path.parent.resolve(),
-            name=input_path.name,
-        )
-    except (BatchInputError, TemplateRejected) as exc:
-        raise _invalid(str(exc)) from exc
+    batch_id = _create_batch(engine, input_path, table, columns)
     err_console.print(
-        f"batch [bold]{batch_id}[/bold] · {len(table.rows)} rows · db {settings.db_url}", highlight=False
+        f"batch [bold]{batch_id}[/bold] · {len(table.rows)} rows · db {safe_db_url(settings.db_url)}",
+        highlight=False,
     )
     show_progress = sys.stderr.isatty() if progress is None else progress
     summary = asyncio.run(_run_with_signals(engine, batch_id, settings.concurrency, show_progress))
@@ -159,48 +185,27 @@ def run_command(
 
 @app.command("submit")
 def submit_command(
-    input_path: Annotated[Path, typer.Argument(metavar="INPUT", help=".csv, .xlsx or .jsonl")],
+    input_path: InputArgument,
     db: DbOption = None,
-    batch_config: Annotated[
-        Path | None,
-        typer.Option("--batch-config", help="Batch config TOML: a columns table and a prompt template."),
-    ] = None,
-    col: Annotated[list[str] | None, typer.Option("--col", help="ROLE=COLUMN, e.g. prompt=提示词.")] = None,
-    template: Annotated[
-        str | None, typer.Option(help="Jinja2 prompt template over the row's columns.")
-    ] = None,
-    model: Annotated[str | None, typer.Option(help="Model for rows that do not name one.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    batch_config: BatchConfigOption = None,
+    col: ColOption = None,
+    template: TemplateOption = None,
+    model: ModelOption = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Validate, price and queue a sheet without running it; `bananaline worker` processes (on any
     machine that reaches the job store) run it. Prints the batch id. Submitting the same sheet
     again gives the same id and queues nothing twice. Exit 0 queued, 2 invalid input."""
-    from ..admission import estimate_usd
-
     settings = _settings(db_url=db, model=model)
-    try:
-        table = read_table(input_path)
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
-        raise _invalid(f"cannot read {input_path}: {exc}") from exc
+    table = _read_sheet(input_path)
     columns = _columns(batch_config, col, template)
     engine = _engine(settings)
-    try:
-        batch_id = engine.create_batch(
-            table.rows,
-            columns=columns,
-            header=table.header,
-            base_dir=input_path.parent.resolve(),
-            name=input_path.name,
-        )
-    except (BatchInputError, TemplateRejected) as exc:
-        raise _invalid(str(exc)) from exc
+    batch_id = _create_batch(engine, input_path, table, columns)
     plans = engine.jobs.pending_plans(batch_id)
+    estimated_total_usd = engine.pending_estimate_usd(batch_id)
     counts = engine.jobs.job_counts(batch_id)
     engine.close()
-    estimated_usd = round(
-        sum(estimate_usd(str(plan.get("model") or settings.model), plan.get("image_size")) for plan in plans),
-        6,
-    )
+    estimated_usd = round(estimated_total_usd, 6)
     local_refs = sum(
         1 for plan in plans for ref in plan.get("references") or () if not _is_remote_reference(str(ref))
     )
@@ -229,17 +234,6 @@ def submit_command(
     print(batch_id)
 
 
-def safe_db_url(url: str) -> str:
-    """The URL without its password, for output and logs."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return "<unparseable URL>"
-
-
 def _is_remote_reference(reference: str) -> bool:
     lowered = reference[:12].lower()
     return lowered.startswith(("data:", "http://", "https://"))
@@ -249,7 +243,6 @@ async def _run_with_signals(
     engine: BatchEngine, batch_id: str, concurrency: int, show_progress: bool
 ) -> BatchSummary:
     """First Ctrl-C (or SIGTERM): stop claiming, let in-flight rows finish. Second: give them back."""
-    loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     bar = ProgressBar(err_console) if show_progress else None
 
@@ -260,33 +253,51 @@ async def _run_with_signals(
     run_task = asyncio.create_task(
         engine.run(batch_id, concurrency=concurrency, on_progress=on_progress, stop=stop)
     )
-    presses = 0
 
-    def on_signal() -> None:
-        nonlocal presses
-        presses += 1
-        if presses == 1:
-            stop.set()
+    def on_signal(count: int) -> None:
+        if count == 1:
             err_console.print("stopping: finishing the rows in flight (press Ctrl-C again to requeue them)")
+
+    with two_stage_signals(stop, run_task, on_signal):
+        try:
+            if bar is not None:
+                with bar:
+                    return await run_task
+            return await run_task
+        except asyncio.CancelledError:
+            if not run_task.cancelled():
+                raise
+            return engine.summary(batch_id, interrupted=True)
+
+
+@contextlib.contextmanager
+def two_stage_signals(
+    stop: asyncio.Event, task: asyncio.Task[Any], on_signal: Callable[[int], None]
+) -> Iterator[None]:
+    """While the block runs, SIGINT/SIGTERM number 1 sets ``stop`` (claim nothing more, finish what
+    is in flight) and any later one cancels ``task`` (give the jobs in flight back); ``on_signal``
+    hears the count first. Needs the running loop; where it cannot install handlers, does nothing."""
+    loop = asyncio.get_running_loop()
+    count = 0
+
+    def handle() -> None:
+        nonlocal count
+        count += 1
+        on_signal(count)
+        if count == 1:
+            stop.set()
         else:
-            run_task.cancel()
+            task.cancel()
 
     installed = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
-            loop.add_signal_handler(sig, on_signal)
+            loop.add_signal_handler(sig, handle)
             installed.append(sig)
         except (NotImplementedError, RuntimeError, ValueError):
             pass
     try:
-        if bar is not None:
-            with bar:
-                return await run_task
-        return await run_task
-    except asyncio.CancelledError:
-        if not run_task.cancelled():
-            raise
-        return engine.summary(batch_id, interrupted=True)
+        yield
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
@@ -333,7 +344,7 @@ def _print_summary(summary: BatchSummary) -> None:
 def status_command(
     batch: Annotated[str | None, typer.Argument(help="Batch id; omit to list batches.")] = None,
     db: DbOption = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Where a batch stands (or every batch in the store)."""
     engine = _engine(_settings(db_url=db))

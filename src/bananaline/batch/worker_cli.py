@@ -17,18 +17,26 @@ Logs are JSON lines on stderr; every line about a job names the worker (its inst
 from __future__ import annotations
 
 import asyncio
-import signal
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from ..config import Settings
-from ..types import WireProtocol
-from .cli import DbOption, _engine, _invalid, _settings, safe_db_url
+from ..db.base import _safe as safe_db_url
+from .cli import (
+    BaseUrlOption,
+    DbOption,
+    KeysOption,
+    ProtocolOption,
+    StoreOption,
+    _engine,
+    _keyring,
+    _settings,
+    two_stage_signals,
+)
 from .engine import DEFAULT_LEASE_S, BatchEngine
 from .keys import KeyRing
 from .runner import DB_BACKOFF_INITIAL_S, DB_BACKOFF_MAX_S, RunStats
@@ -41,8 +49,8 @@ STARTUP_WAIT_S = 300.0
 
 def worker(
     db: DbOption = None,
-    keys: Annotated[Path | None, typer.Option(help="Keys TOML: per-caller API keys and limits.")] = None,
-    store: Annotated[str | None, typer.Option(help="Image store: file://, s3:// or oss:// URL.")] = None,
+    keys: KeysOption = None,
+    store: StoreOption = None,
     concurrency: Annotated[
         int | None, typer.Option(min=1, help="This worker's cap on requests in flight.")
     ] = None,
@@ -50,8 +58,8 @@ def worker(
         bool,
         typer.Option("--exit-when-idle", help="Exit once no job is queued or running (scripts, tests)."),
     ] = False,
-    base_url: Annotated[str | None, typer.Option(help="Upstream base URL.")] = None,
-    protocol: Annotated[WireProtocol | None, typer.Option(help="Wire protocol of the upstream.")] = None,
+    base_url: BaseUrlOption = None,
+    protocol: ProtocolOption = None,
     lease_s: Annotated[
         float,
         typer.Option(
@@ -79,10 +87,7 @@ def worker(
     )
     # a dead worker's limit slots come back no later than its jobs
     settings = settings.with_overrides(limits_lease_s=min(lease_s, settings.limits_lease_s))
-    try:
-        keyring = KeyRing.from_toml(keys) if keys else KeyRing.single(settings.api_key)
-    except (OSError, ValueError) as exc:
-        raise _invalid(f"keys file: {exc}") from exc
+    keyring = _keyring(keys, settings)
     engine = _connect(settings, keyring, lease_s=lease_s, patient=not exit_when_idle, log=log)
     run_token = new_run_token()
     log.info(
@@ -157,7 +162,6 @@ async def _work_with_signals(
 ) -> tuple[RunStats | None, bool]:
     """``(stats, aborted)``: the first signal stops claiming; the second cancels the work, which
     gives the jobs in flight back to the queue (``BatchRun`` releases their leases)."""
-    loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     task = asyncio.create_task(
         engine.work(
@@ -168,33 +172,13 @@ async def _work_with_signals(
             run_token=run_token,
         )
     )
-    signals = 0
-
-    def handle() -> None:
-        nonlocal signals
-        signals += 1
-        on_signal(signals)
-        if signals == 1:
-            stop.set()
-        else:
-            task.cancel()
-
-    installed = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    with two_stage_signals(stop, task, on_signal):
         try:
-            loop.add_signal_handler(sig, handle)
-            installed.append(sig)
-        except (NotImplementedError, RuntimeError, ValueError):
-            pass
-    try:
-        return await task, False
-    except asyncio.CancelledError:
-        if not task.cancelled():
-            raise
-        return None, True
-    finally:
-        for sig in installed:
-            loop.remove_signal_handler(sig)
+            return await task, False
+        except asyncio.CancelledError:
+            if not task.cancelled():
+                raise
+            return None, True
 
 
 def register(app: typer.Typer) -> None:
